@@ -1,0 +1,18 @@
+"""Proportional attention (ToMe, Eq. 1): softmax(q k^T / sqrt(d) + log s).
+
+A token that stands for s patches receives attention as if it were s copies of itself.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from tome_lab.registry import ATTENTION
+
+
+@ATTENTION.register("proportional", "prop")
+def proportional(size: Tensor | None) -> Tensor | None:
+    """[B, N, 1] sizes -> [B, 1, 1, N] additive mask (None while all sizes are 1)."""
+    if size is None:
+        return None
+    return size.log()[:, None, None, :, 0]  # (B, 1, 1, N), broadcast over heads and queries

@@ -1,0 +1,178 @@
+"""Pure tensor operations of Token Merging: no modules, no state.
+
+A matcher computes a matching once per block and returns two functions, ``merge(x, mode)``
+([B, N, C] -> [B, N - r, C]) and ``unmerge(x)`` ([B, N - r, C] -> [B, N, C]); size-weighted
+averaging (:func:`merge_wavg`) and source tracing (:func:`merge_source`) reuse the same
+``merge``. This is the contract of Bolya et al., "Token Merging: Your ViT But Faster"
+(ICLR 2023), written anew here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+MergeFn = Callable[..., Tensor]
+
+DISTANCES = ("cosine", "dot", "euclidean")
+
+
+def do_nothing(x: Tensor, mode: str | None = None) -> Tensor:
+    """The identity ``merge`` / ``unmerge`` used when a block merges nothing."""
+    return x
+
+
+def similarity(a: Tensor, b: Tensor, distance: str = "cosine") -> Tensor:
+    """Pairwise similarity, higher is more alike.
+
+    Args:
+        a: [B, Na, C] features of set A.
+        b: [B, Nb, C] features of set B.
+        distance: ``cosine`` (zero-norm rows guarded), ``dot`` or ``euclidean`` (negated
+            squared distance, so that larger still means closer).
+
+    Returns:
+        [B, Na, Nb] scores.
+    """
+    if distance == "cosine":
+        a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return a @ b.transpose(-1, -2)
+    if distance == "dot":
+        return a @ b.transpose(-1, -2)
+    if distance == "euclidean":
+        # -(|a|^2 - 2ab + |b|^2): one matmul instead of a [B, Na, Nb, C] difference tensor
+        ab = a @ b.transpose(-1, -2)
+        return 2 * ab - a.pow(2).sum(-1, keepdim=True) - b.pow(2).sum(-1).unsqueeze(-2)
+    raise ValueError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
+
+
+def _join(unm: Tensor, dst: Tensor, num_prefix: int, b_prefix: int) -> Tensor:
+    """Concatenates [unmerged A, B] while keeping the protected prefix first, in order.
+
+    The first ``num_prefix - b_prefix`` rows of ``unm`` and the first ``b_prefix`` rows of
+    ``dst`` are protected tokens that an alternating split dealt into A and B in turn.
+    """
+    if b_prefix == 0:
+        return torch.cat([unm, dst], dim=1)
+    head = [unm[:, i // 2: i // 2 + 1] if i % 2 == 0 else dst[:, i // 2: i // 2 + 1]
+            for i in range(num_prefix)]
+    return torch.cat([*head, unm[:, num_prefix - b_prefix:], dst[:, b_prefix:]], dim=1)
+
+
+def _unjoin(x: Tensor, n_unm: int, num_prefix: int, b_prefix: int) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`_join`: splits [B, N - r, C] back into (unm, dst)."""
+    if b_prefix == 0:
+        return x[:, :n_unm], x[:, n_unm:]
+    a_prefix = num_prefix - b_prefix
+    unm_head = x[:, 0:num_prefix:2]  # prefix positions 0, 2, 4 ... came from A
+    dst_head = x[:, 1:num_prefix:2]
+    rest = x[:, num_prefix:]
+    unm = torch.cat([unm_head, rest[:, : n_unm - a_prefix]], dim=1)
+    dst = torch.cat([dst_head, rest[:, n_unm - a_prefix:]], dim=1)
+    return unm, dst
+
+
+def bipartite_merge_fns(
+    unm_idx: Tensor,
+    src_idx: Tensor,
+    dst_idx: Tensor,
+    num_prefix: int = 0,
+    b_prefix: int = 0,
+    a_idx: Tensor | None = None,
+    b_idx: Tensor | None = None,
+) -> tuple[MergeFn, MergeFn]:
+    """Builds ``merge`` / ``unmerge`` for a matching between two token sets A and B.
+
+    Args:
+        unm_idx: [B, Na - r, 1] indices into A of tokens kept, in ascending order.
+        src_idx: [B, r, 1] indices into A of tokens merged away.
+        dst_idx: [B, r, 1] indices into B of the token each source merges into.
+        num_prefix: protected tokens at the head of the sequence.
+        b_prefix: how many of them an alternating split put in B (0 otherwise).
+        a_idx: [B, Na] positions of set A in the sequence, or None for the even positions.
+        b_idx: [B, Nb] positions of set B, or None for the odd positions.
+
+    Returns:
+        ``merge(x, mode="mean")`` with ``mode`` any ``scatter_reduce`` reduction
+        (``sum``, ``mean``, ``amax`` ...), and ``unmerge(x)`` which copies each merged
+        token back to every position it came from.
+    """
+    r = src_idx.shape[1]
+
+    def split(x: Tensor) -> tuple[Tensor, Tensor]:
+        if a_idx is None:
+            return x[:, ::2], x[:, 1::2]
+        c = x.shape[-1]
+        return (x.gather(1, a_idx[..., None].expand(-1, -1, c)),
+                x.gather(1, b_idx[..., None].expand(-1, -1, c)))
+
+    def merge(x: Tensor, mode: str = "mean") -> Tensor:
+        a, b = split(x)  # (B, Na, C), (B, Nb, C)
+        n, na, c = a.shape
+        unm = a.gather(1, unm_idx.expand(n, na - r, c))
+        src = a.gather(1, src_idx.expand(n, r, c))
+        b = b.scatter_reduce(1, dst_idx.expand(n, r, c), src, reduce=mode)
+        return _join(unm, b, num_prefix, b_prefix)
+
+    def unmerge(x: Tensor) -> Tensor:
+        n, _, c = x.shape
+        n_unm = unm_idx.shape[1]
+        unm, b = _unjoin(x, n_unm, num_prefix, b_prefix)
+        na = n_unm + r
+        src = b.gather(1, dst_idx.expand(n, r, c))
+        a = x.new_zeros(n, na, c)
+        a = a.scatter(1, unm_idx.expand(n, n_unm, c), unm)
+        a = a.scatter(1, src_idx.expand(n, r, c), src)
+        out = x.new_zeros(n, na + b.shape[1], c)
+        if a_idx is None:
+            out[:, ::2] = a
+            out[:, 1::2] = b
+        else:
+            out = out.scatter(1, a_idx[..., None].expand(-1, -1, c), a)
+            out = out.scatter(1, b_idx[..., None].expand(-1, -1, c), b)
+        return out
+
+    return merge, unmerge
+
+
+def merge_wavg(merge: MergeFn, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Size-weighted average of merged tokens.
+
+    Args:
+        merge: a ``merge`` function from a matcher.
+        x: [B, N, C] tokens.
+        size: [B, N, 1] how many input patches each token stands for (None: all ones).
+
+    Returns:
+        ([B, N - r, C] merged tokens, [B, N - r, 1] their sizes).
+    """
+    if size is None:
+        size = x.new_ones(x.shape[0], x.shape[1], 1)
+    x = merge(x * size, mode="sum")
+    size = merge(size, mode="sum")
+    return x / size, size
+
+
+def merge_source(merge: MergeFn, x: Tensor, source: Tensor | None = None) -> Tensor:
+    """Tracks which input patches each token holds.
+
+    Args:
+        merge: a ``merge`` function from a matcher.
+        x: [B, N, C] tokens (used for shape, device and dtype when ``source`` is None).
+        source: [B, N, N0] 0/1 membership of each token over the N0 input tokens.
+
+    Returns:
+        [B, N - r, N0] membership after the merge.
+    """
+    if source is None:
+        n, t, _ = x.shape
+        source = torch.eye(t, device=x.device, dtype=x.dtype)[None].expand(n, t, t)
+    return merge(source, mode="amax")
+
+
+def clamp_r(r: int, num_tokens: int, num_prefix: int) -> int:
+    """The r a block can actually merge: at most half of its unprotected tokens."""
+    return max(0, min(r, (num_tokens - num_prefix) // 2))
