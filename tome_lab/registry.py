@@ -102,3 +102,4 @@ def check_options(kind: str, name: str, fn: Callable[..., Any], options: dict[st
 MATCHING: Registry = Registry("matching")
 SCHEDULES: Registry = Registry("schedule")
 ATTENTION: Registry = Registry("attention")
+DATASETS: Registry = Registry("dataset")
