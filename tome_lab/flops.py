@@ -98,7 +98,9 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
     Returns:
         GFLOPs (one multiply-add = one FLOP).
     """
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import trips torch.jit deprecation warnings
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
 
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")

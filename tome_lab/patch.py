@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from types import MethodType
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

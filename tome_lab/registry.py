@@ -11,7 +11,7 @@ import difflib
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -80,22 +80,6 @@ def import_submodules(package: str) -> None:
     for info in pkgutil.iter_modules(pkg.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
-
-
-def check_options(kind: str, name: str, fn: Callable[..., Any], options: dict[str, Any],
-                  skip: tuple[str, ...] = ()) -> None:
-    """Raises ``ValueError`` when ``options`` holds a keyword that ``fn`` does not take."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    valid = [p for p, v in params.items()
-             if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD) and p not in skip]
-    for key in options:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=2, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            allowed = ", ".join(valid) if valid else "none"
-            raise ValueError(f"{kind} {name!r} takes no option {key!r}.{hint} Its options: {allowed}")
 
 
 # The registries of tome_lab. Each plug-in package fills its own at import.

@@ -1,0 +1,108 @@
+"""Bipartite soft matching against a naive per-image reference of the published algorithm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tome_lab.matching import MatchContext
+from tome_lab.matching.bipartite import bipartite
+from tome_lab.merge import clamp_r, merge_source, merge_wavg, similarity
+
+
+def reference_bipartite(metric, x, size, r, p):
+    """Loops over images, tokens and edges; returns merged x and size (wavg)."""
+    out_x, out_s = [], []
+    for m, xi, si in zip(metric, x, size):
+        n = m.shape[0]
+        a_pos, b_pos = list(range(0, n, 2)), list(range(1, n, 2))
+        mn = m / m.norm(dim=-1, keepdim=True)
+        best = []
+        for ia, pa in enumerate(a_pos):
+            if pa < p:  # protected A token: never a source
+                best.append((-float("inf"), ia, 0))
+                continue
+            scores = [(-float("inf") if pb < p else float(mn[pa] @ mn[pb]), ib)
+                      for ib, pb in enumerate(b_pos)]
+            s, ib = max(scores, key=lambda t: (t[0], -t[1]))
+            best.append((s, ia, ib))
+        order = sorted(best, key=lambda t: -t[0])
+        src = {ia: ib for _, ia, ib in order[:r]}
+        bx = [xi[pb] * si[pb] for pb in b_pos]
+        bs = [si[pb].clone() for pb in b_pos]
+        for ia, ib in src.items():
+            bx[ib] = bx[ib] + xi[a_pos[ia]] * si[a_pos[ia]]
+            bs[ib] = bs[ib] + si[a_pos[ia]]
+        kept_a = [ia for ia in range(len(a_pos)) if ia not in src]
+        toks = [(a_pos[ia], xi[a_pos[ia]], si[a_pos[ia]]) for ia in kept_a]
+        btoks = [(pb, bx[ib] / bs[ib], bs[ib]) for ib, pb in enumerate(b_pos)]
+        prefix = sorted([t for t in toks + btoks if t[0] < p], key=lambda t: t[0])
+        rest = [t for t in toks if t[0] >= p] + [t for t in btoks if t[0] >= p]
+        seq = prefix + rest
+        out_x.append(torch.stack([t[1] for t in seq]))
+        out_s.append(torch.stack([t[2] for t in seq]))
+    return torch.stack(out_x), torch.stack(out_s)
+
+
+@pytest.mark.parametrize("n,p,r", [(17, 1, 5), (18, 2, 8), (21, 5, 6), (16, 0, 7), (9, 1, 4)])
+def test_bipartite_matches_reference(n, p, r):
+    torch.manual_seed(n + p + r)
+    metric = torch.randn(3, n, 8, dtype=torch.float64)
+    x = torch.randn(3, n, 5, dtype=torch.float64)
+    size = torch.randint(1, 4, (3, n, 1)).double()
+    r = clamp_r(r, n, p)
+    merge, _ = bipartite(MatchContext(metric=metric, num_prefix=p), r)
+    got_x, got_s = merge_wavg(merge, x, size)
+    want_x, want_s = reference_bipartite(metric, x, size, r, p)
+    torch.testing.assert_close(got_x, want_x)
+    torch.testing.assert_close(got_s, want_s)
+    assert got_x.shape[1] == n - r
+
+
+def test_prefix_never_merged_and_first():
+    n, p = 20, 5
+    metric = torch.randn(2, n, 4)
+    metric[:, :p] = metric[:, p:p + 1]  # prefix identical to a patch: still not merged
+    merge, _ = bipartite(MatchContext(metric=metric, num_prefix=p), clamp_r(99, n, p))
+    x = torch.arange(n, dtype=torch.float32)[None, :, None].expand(2, n, 1)
+    source = merge_source(merge, x)
+    out = merge(x, mode="amax")
+    assert out[:, :p, 0].tolist() == [list(range(p))] * 2
+    assert torch.all(source[:, :p].sum(-1) == 1)
+
+
+def test_unmerge_inverts_merge_on_groups():
+    n, p, r = 15, 1, 6
+    metric = torch.randn(2, n, 4)
+    x = torch.randn(2, n, 3)
+    merge, unmerge = bipartite(MatchContext(metric=metric, num_prefix=p), r)
+    y = merge(x, mode="mean")
+    z = unmerge(y)
+    assert z.shape == x.shape
+    torch.testing.assert_close(merge(z, mode="mean"), y)
+    # every token unmerge returns is either untouched or the value of its merged group
+    source = merge_source(merge, x)  # (B, N - r, N)
+    back = (source.transpose(1, 2) @ y)  # each input position gets its group's value
+    torch.testing.assert_close(z, back)
+
+
+def test_zero_norm_keys_are_finite():
+    metric = torch.zeros(1, 9, 4)
+    merge, _ = bipartite(MatchContext(metric=metric, num_prefix=1), 3)
+    out, size = merge_wavg(merge, torch.randn(1, 9, 2))
+    assert torch.isfinite(out).all() and size.sum() == 9
+
+
+@pytest.mark.parametrize("distance", ["cosine", "dot", "euclidean"])
+def test_similarity_orders_nearest_first(distance):
+    a = torch.tensor([[[1.0, 0.0]]])
+    b = torch.tensor([[[1.0, 0.1], [-1.0, 0.0], [0.0, 3.0]]])
+    s = similarity(a, b, distance)
+    assert s.shape == (1, 1, 3)
+    assert s[0, 0].argmax() == 0
+
+
+def test_clamp_r():
+    assert clamp_r(16, 197, 1) == 16
+    assert clamp_r(200, 11, 1) == 5
+    assert clamp_r(3, 2, 1) == 0
