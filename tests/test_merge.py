@@ -13,7 +13,7 @@ from tome_lab.merge import clamp_r, merge_source, merge_wavg, similarity
 def reference_bipartite(metric, x, size, r, p):
     """Loops over images, tokens and edges; returns merged x and size (wavg)."""
     out_x, out_s = [], []
-    for m, xi, si in zip(metric, x, size):
+    for m, xi, si in zip(metric, x, size, strict=True):
         n = m.shape[0]
         a_pos, b_pos = list(range(0, n, 2)), list(range(1, n, 2))
         mn = m / m.norm(dim=-1, keepdim=True)
