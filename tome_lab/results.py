@@ -1,0 +1,249 @@
+"""The results store: one folder per sweep point, written atomically, read back as a DataFrame.
+
+Layout of a sweep folder (``runs/<sweep>/`` by default)::
+
+    runs/matching/
+        matching=bipartite-3fa2c91b0d1e/   one folder per point: readable name, config hash
+            config.yaml                    the resolved configuration, written first
+            result.json                    written last, atomically: its presence marks the
+                                           point finished (status "ok" or "failed")
+        results.csv                        the table of the last sweep run into this folder
+
+``result.json`` schema (version 1)::
+
+    {"schema": 1, "status": "ok" | "failed", "key": <config hash>, "name": <readable name>,
+     "overrides": {dotted path: value}, "config": {model, data, tome, eval, seed},
+     "metrics": {top1, top5, gflops, img_per_s, speedup, ...} (flat; {} when failed),
+     "error": null | {"type", "message", "traceback"},
+     "env": {git_rev, git_dirty, python, torch, timm, tome_lab, device, dtype, hostname,
+             platform, cpu_count, torch_threads, pid, date},
+     "started": ISO date, "finished": ISO date, "seconds": float}
+
+Every file is written to a temporary name in the same folder, flushed to disk and renamed, so a
+kill at any moment leaves either the old file, the new one, or none: never half of one. The
+layout follows big_vision's "config beside the metrics" and lm-evaluation-harness' result
+records (git revision, versions and config in every file).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+SCHEMA = 1
+RESULT = "result.json"
+CONFIG = "config.yaml"
+
+
+def now() -> str:
+    """The current time as an ISO 8601 string with time zone."""
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Writes ``text`` to ``path`` via a temporary file and a rename (atomic on POSIX).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Writes ``obj`` as indented JSON, atomically (see :func:`write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable)
+                             + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    return str(obj)
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Deletes temporary files a killed writer left in ``folder``; returns how many."""
+    n = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- environment
+
+def _git_revision() -> tuple[str | None, bool | None]:
+    """The git commit of the tome_lab source tree and whether it has local changes."""
+    src = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=5, check=True)
+        return rev or None, bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def environment(device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """Where and with what a result was made: git revision, versions, device, dtype, date."""
+    import sys
+
+    import timm
+    import torch
+
+    import tome_lab
+
+    rev, dirty = _git_revision()
+    return {
+        "git_rev": rev,
+        "git_dirty": dirty,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "tome_lab": tome_lab.__version__,
+        "device": device,
+        "dtype": dtype,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+        "date": now(),
+    }
+
+
+# --------------------------------------------------------------------------- reading
+
+def read_result(point_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record of a point folder, or None if it has none (not finished) or it is unreadable."""
+    path = Path(point_dir) / RESULT
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_config(point_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``config.yaml`` of a point folder as a dict, or None."""
+    try:
+        return yaml.safe_load((Path(point_dir) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, Mapping):
+            continue  # an empty mapping (e.g. no plug-in options) adds no column
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def record_row(record: Mapping[str, Any], point_dir: Path | None = None) -> dict[str, Any]:
+    """One flat DataFrame row from a result record.
+
+    Columns: ``sweep``, ``point``, ``key``, ``name``, ``status``; the metrics under their own
+    names; the configuration as dotted paths (``tome.r``, ``data.name``, ...); ``error``; the
+    environment as ``env.<field>``; ``started``, ``finished``, ``seconds``. Lists become tuples
+    so that columns can be grouped on.
+    """
+    row: dict[str, Any] = {}
+    if point_dir is not None:
+        row["sweep"] = point_dir.parent.name
+        row["point"] = point_dir.name
+    row["key"] = record.get("key")
+    row["name"] = record.get("name")
+    row["status"] = record.get("status")
+    row.update(_flatten(record.get("metrics") or {}))
+    row.update(_flatten(record.get("config") or {}))
+    err = record.get("error")
+    row["error"] = f"{err.get('type')}: {err.get('message')}" if isinstance(err, dict) else None
+    row.update(_flatten(record.get("env") or {}, "env."))
+    for k in ("started", "finished", "seconds"):
+        row[k] = record.get(k)
+    return row
+
+
+def find_points(path: str | os.PathLike[str]) -> list[Path]:
+    """Point folders under ``path`` (a point folder, a sweep folder, or a folder of sweeps)."""
+    path = Path(path)
+    if (path / RESULT).is_file():
+        return [path]
+    return sorted(p.parent for p in path.rglob(RESULT))
+
+
+def load(path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+         status: str | None = None) -> pd.DataFrame:
+    """All finished points of one or many sweeps as one DataFrame (one row per point).
+
+    Args:
+        path: a point folder, a sweep folder, a folder holding sweep folders, or a list of
+            any of these.
+        status: keep only rows of this status (``"ok"`` or ``"failed"``); None keeps all.
+
+    Returns:
+        One row per ``result.json`` found (see :func:`record_row` for the columns); an empty
+        DataFrame when there is none.
+
+    Raises:
+        FileNotFoundError: a given path does not exist.
+    """
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    rows = []
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"no such results folder: {p}")
+        for point in find_points(p):
+            record = read_result(point)
+            if record is not None:
+                rows.append(record_row(record, point))
+    df = pd.DataFrame(rows)
+    if status is not None and not df.empty:
+        df = df[df["status"] == status].reset_index(drop=True)
+    return df
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Writes ``df`` as CSV, atomically; tuple and list cells as JSON lists."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].map(lambda v: isinstance(v, (tuple, list))).any():
+            out[col] = out[col].map(
+                lambda v: json.dumps(list(v)) if isinstance(v, (tuple, list)) else v)
+    return write_text_atomic(path, out.to_csv(index=False))
