@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib
 import inspect
 import itertools
 import json
@@ -266,38 +267,54 @@ def _expand_range(text: str) -> list[int] | None:
 
 
 def _choices(path: str) -> tuple[list[str], Any] | None:
-    """The valid names for a name-valued field, and a function resolving aliases, if any."""
+    """The valid names for a name-valued field, and a function resolving aliases, if any.
+
+    A ``tome.<field>`` (or ``data.name``) is name-valued when ``tome_lab.registry`` holds a
+    registry of that kind (``matching``, ``schedule``, ``feature``, ... ``dataset``), so new
+    plug-in kinds are checked here without editing this file.
+    """
+    from tome_lab import registry as reg
     from tome_lab.config import _DTYPES, _plugins
     from tome_lab.merge import DISTANCES
-    from tome_lab.registry import DATASETS, MATCHING, SCHEDULES
 
     _plugins()
-    if path == "tome.matching":
-        return MATCHING.names(), MATCHING.canonical
-    if path == "tome.schedule":
-        return SCHEDULES.names(), SCHEDULES.canonical
-    if path == "data.name" and DATASETS.names():
-        return DATASETS.names(), DATASETS.canonical
     if path == "tome.distance":
         return list(DISTANCES), None
     if path == "eval.dtype":
         return list(_DTYPES), None
+    if path == "data.name":
+        kind = "dataset"
+        try:  # the dataset plug-ins register themselves when tome_lab.data is imported
+            importlib.import_module("tome_lab.data")
+        except ImportError:
+            pass
+    elif path.startswith("tome."):
+        kind = path.split(".", 1)[1]
+    else:
+        return None
+    for obj in vars(reg).values():
+        if isinstance(obj, reg.Registry) and obj.kind == kind and obj.names():
+            return obj.names(), obj.canonical
     return None
 
 
-def check_choice(path: str, value: Any) -> None:
-    """Raises ``ValueError`` with did-you-mean hints when a name-valued field gets a bad name."""
+def check_choice(path: str, value: Any) -> Any:
+    """A name-valued field's value resolved to its registered name (aliases resolved).
+
+    Raises:
+        ValueError: an unknown name, with did-you-mean hints and the valid names.
+    """
     found = _choices(path)
     if found is None or not isinstance(value, str):
-        return
+        return value
     valid, canonical = found
     if canonical is not None:
-        canonical(value)  # the registry's own did-you-mean error
-        return
+        return canonical(value)  # the registry's own did-you-mean error
     if value not in valid:
         close = difflib.get_close_matches(value, valid, n=2, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"unknown {path} {value!r}.{hint} Valid: {', '.join(valid)}")
+    return value
 
 
 def _allows(annotation: Any, kind: type) -> bool:
@@ -319,8 +336,7 @@ def parse_value(text: str, path: str) -> Any:
         return None
     if _allows(annotation, str) and not raw.startswith(("[", "{")):
         value = raw[1:-1] if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
-        check_choice(path, value)
-        return value
+        return check_choice(path, value)
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
@@ -436,6 +452,8 @@ def expand(words: Sequence[str], base: ExperimentConfig | Mapping[str, Any] | No
                 labels[label] = text
         name = "__".join(f"{k}={v}" for k, v in labels.items()) or "default"
         tome = d.get("tome", {})
+        # an option set to null is left unset, so a zip axis can give one to some points only
+        tome["options"] = {k: v for k, v in (tome.get("options") or {}).items() if v is not None}
         if isinstance(tome.get("schedule"), list):  # schedule=[8,8,4,4]: an explicit per-layer r
             tome["r"], tome["schedule"] = tome["schedule"], "list"
         try:

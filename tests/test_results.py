@@ -1,0 +1,99 @@
+"""The results store (tome_lab.results): atomic writes, environment, load() to a DataFrame."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from tome_lab import results
+
+
+def _record(key: str, status: str = "ok", **metrics):
+    return {
+        "schema": results.SCHEMA, "status": status, "key": key, "name": f"r={key}",
+        "overrides": {"tome.r": 4},
+        "config": {"model": {"name": "m"}, "tome": {"r": [4, 2], "options": {}}, "seed": 0},
+        "metrics": metrics, "error": None if status == "ok" else
+        {"type": "RuntimeError", "message": "boom", "traceback": "Traceback ..."},
+        "env": {"git_rev": None, "torch": "x"}, "started": "s", "finished": "f", "seconds": 1.0,
+    }
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "sub" / "result.json"
+    results.write_json_atomic(path, {"a": 1})
+    results.write_json_atomic(path, {"a": 2, "t": (1, 2)})
+    assert json.loads(path.read_text()) == {"a": 2, "t": [1, 2]}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
+
+
+def test_failed_write_keeps_old_file(tmp_path):
+    path = tmp_path / "result.json"
+    results.write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):  # fails half-way through writing the temporary file
+        results.write_text_atomic(path, 3)  # type: ignore[arg-type]
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_stale_temps_removed(tmp_path):
+    (tmp_path / ".result.json.abc.tmp").write_text("{half")
+    (tmp_path / "config.yaml").write_text("a: 1")
+    assert results.remove_stale_temps(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_environment_block():
+    env = results.environment("cpu", "fp32")
+    for key in ("git_rev", "python", "torch", "timm", "tome_lab", "device", "dtype", "hostname",
+                "date"):
+        assert key in env
+    assert env["device"] == "cpu" and env["dtype"] == "fp32"
+    assert env["pid"] == os.getpid()
+    assert env["git_rev"] is None or len(env["git_rev"]) == 40
+
+
+def test_load_one_and_many_sweeps(tmp_path):
+    for sweep, keys in (("a", ["k1", "k2"]), ("b", ["k3"])):
+        for k in keys:
+            results.write_json_atomic(tmp_path / sweep / f"r={k}-{k}" / "result.json",
+                                      _record(k, top1=90.0, gflops=0.1))
+    results.write_json_atomic(tmp_path / "b" / "x-k4" / "result.json", _record("k4", "failed"))
+    (tmp_path / "b" / "unfinished-k5").mkdir()  # a point that never finished: no row
+    (tmp_path / "b" / "unfinished-k5" / "config.yaml").write_text("seed: 0\n")
+
+    one = results.load(tmp_path / "a")
+    assert isinstance(one, pd.DataFrame) and len(one) == 2
+    assert set(one["sweep"]) == {"a"} and list(one["top1"]) == [90.0, 90.0]
+    assert one["tome.r"].iloc[0] == (4, 2)  # lists as tuples: hashable, groupable
+    assert "env.torch" in one.columns and "model.name" in one.columns
+
+    both = results.load([tmp_path / "a", tmp_path / "b"])
+    assert len(both) == 4 and set(both["sweep"]) == {"a", "b"}
+    assert results.load(tmp_path).shape == both.shape  # a folder of sweeps
+    failed = results.load(tmp_path, status="failed")
+    assert list(failed["key"]) == ["k4"] and failed["error"].iloc[0] == "RuntimeError: boom"
+    assert len(results.load(tmp_path / "a" / "r=k1-k1")) == 1  # a single point folder
+
+
+def test_load_missing_and_empty(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        results.load(tmp_path / "nope")
+    assert results.load(tmp_path).empty
+
+
+def test_corrupt_result_is_not_a_row(tmp_path):
+    (tmp_path / "p-1").mkdir()
+    (tmp_path / "p-1" / "result.json").write_text("{not json")
+    assert results.read_result(tmp_path / "p-1") is None
+    assert results.load(tmp_path).empty
+
+
+def test_write_csv_lists_as_json(tmp_path):
+    df = pd.DataFrame([{"r": (8, 4), "top1": 1.5}])
+    results.write_csv(df, tmp_path / "results.csv")
+    back = pd.read_csv(tmp_path / "results.csv")
+    assert json.loads(back["r"].iloc[0]) == [8, 4] and back["top1"].iloc[0] == 1.5
