@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -18,7 +18,10 @@ from tome_lab.merge import DISTANCES
 def _plugins() -> None:
     # Importing the packages fills the registries (and is cheap after the first time).
     import tome_lab.attention  # noqa: F401
+    import tome_lab.combine  # noqa: F401
+    import tome_lab.features  # noqa: F401
     import tome_lab.matching  # noqa: F401
+    import tome_lab.partition  # noqa: F401
     import tome_lab.schedules  # noqa: F401
 
 
@@ -38,6 +41,10 @@ class ToMeConfig:
         prop_attn: proportional attention (add log size to the logits) or plain attention.
         trace_source: keep which input patches each token holds after a forward.
         distance: similarity used by the matcher: cosine, dot or euclidean.
+        feature: similarity feature plug-in (``k``, ``q``, ``v``, ``x``).
+        head_agg: how per-head features become one: ``mean`` or ``concat``.
+        combine: combine-rule plug-in (``wavg``, ``mean``, ``keep``, ``max``).
+        partition: how bipartite matching splits A / B (``alternate``, ``halves``, ``random``).
         options: plug-in keyword options (e.g. ``gflops`` for ``schedule="flops"``), each
             routed to the matching or schedule plug-in whose parameter it names.
     """
@@ -48,10 +55,14 @@ class ToMeConfig:
     prop_attn: bool = True
     trace_source: bool = False
     distance: str = "cosine"
+    feature: str = "k"
+    head_agg: str = "mean"
+    combine: str = "wavg"
+    partition: str = "alternate"
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from tome_lab.registry import MATCHING, SCHEDULES
+        from tome_lab.registry import COMBINE, FEATURES, MATCHING, PARTITIONS, SCHEDULES
 
         _plugins()
         r = self.r
@@ -76,6 +87,14 @@ class ToMeConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"unknown distance {self.distance!r}; valid: {', '.join(DISTANCES)}")
+        from tome_lab.features import HEAD_AGG
+
+        if self.head_agg not in HEAD_AGG:
+            raise ValueError(f"unknown head_agg {self.head_agg!r}; valid: {', '.join(HEAD_AGG)}")
+        for name, reg in (("feature", FEATURES), ("combine", COMBINE),
+                          ("partition", PARTITIONS)):
+            object.__setattr__(self, name, reg.canonical(getattr(self, name)))
+        self._check_knobs(getattr(MATCHING.get(self.matching), "uses", frozenset()))
         m_params = _params(MATCHING.get(self.matching), 2)
         s_params = _params(SCHEDULES.get(self.schedule), 2)
         for key in self.options:
@@ -85,6 +104,23 @@ class ToMeConfig:
                     f"option {key!r} is not taken by matching {self.matching!r} nor schedule "
                     f"{self.schedule!r}; their options: {', '.join(valid)}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    def _check_knobs(self, uses: frozenset[str]) -> None:
+        """Refuses choices the matcher would silently ignore, naming the pair and why."""
+        defaults = {f.name: f.default for f in fields(self)}
+        groups = {"metric": ("feature", "head_agg", "distance"), "partition": ("partition",),
+                  "combine": ("combine",)}
+        for knob, names in groups.items():
+            for name in names:
+                if knob not in uses and getattr(self, name) != defaults[name]:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} cannot go with matching="
+                        f"{self.matching!r}: that matcher does not use a {knob} "
+                        f"(leave {name} at {defaults[name]!r})")
+        if self.combine == "keep" and "keep" not in uses:
+            raise ValueError(
+                f"combine='keep' cannot go with matching={self.matching!r}: its groups have no "
+                f"destination token to keep; use wavg, mean or max")
 
     @property
     def attention(self) -> str:

@@ -28,6 +28,7 @@ class ViTSpec:
         depth: number of blocks.
         num_tokens: tokens entering the first block, prefix included.
         num_prefix: protected prefix tokens (class, distillation, registers).
+        class_token: whether token 0 is a class token.
         attn_dim: heads x head_dim.
         head_dim: the width of the similarity metric (keys averaged over heads).
         attn_token_flops: per token, the part of a block before the merge (norm1, qkv,
@@ -40,6 +41,7 @@ class ViTSpec:
     depth: int
     num_tokens: int
     num_prefix: int
+    class_token: bool
     attn_dim: int
     head_dim: int
     attn_token_flops: int

@@ -92,15 +92,18 @@ def bipartite_merge_fns(
         dst_idx: [B, r, 1] indices into B of the token each source merges into.
         num_prefix: protected tokens at the head of the sequence.
         b_prefix: how many of them an alternating split put in B (0 otherwise).
-        a_idx: [B, Na] positions of set A in the sequence, or None for the even positions.
+        a_idx: [B, Na] positions of set A in the sequence, or None for the even positions
+            (the published split, prefix included). Explicit sets exclude the prefix,
+            which then stays in front untouched.
         b_idx: [B, Nb] positions of set B, or None for the odd positions.
 
     Returns:
         ``merge(x, mode="mean")`` with ``mode`` any ``scatter_reduce`` reduction
-        (``sum``, ``mean``, ``amax`` ...), and ``unmerge(x)`` which copies each merged
+        (``sum``, ``mean``, ``amax`` ...) or ``keep``, and ``unmerge(x)`` which copies each merged
         token back to every position it came from.
     """
     r = src_idx.shape[1]
+    head = 0 if a_idx is None else num_prefix  # explicit sets leave the prefix out of both
 
     def split(x: Tensor) -> tuple[Tensor, Tensor]:
         if a_idx is None:
@@ -113,14 +116,17 @@ def bipartite_merge_fns(
         a, b = split(x)  # (B, Na, C), (B, Nb, C)
         n, na, c = a.shape
         unm = a.gather(1, unm_idx.expand(n, na - r, c))
-        src = a.gather(1, src_idx.expand(n, r, c))
-        b = b.scatter_reduce(1, dst_idx.expand(n, r, c), src, reduce=mode)
+        if mode != "keep":  # "keep": destinations keep their value, sources are dropped
+            src = a.gather(1, src_idx.expand(n, r, c))
+            b = b.scatter_reduce(1, dst_idx.expand(n, r, c), src, reduce=mode)
+        if head:
+            return torch.cat([x[:, :head], unm, b], dim=1)
         return _join(unm, b, num_prefix, b_prefix)
 
     def unmerge(x: Tensor) -> Tensor:
         n, _, c = x.shape
         n_unm = unm_idx.shape[1]
-        unm, b = _unjoin(x, n_unm, num_prefix, b_prefix)
+        unm, b = _unjoin(x[:, head:], n_unm, num_prefix if not head else 0, b_prefix)
         na = n_unm + r
         src = b.gather(1, dst_idx.expand(n, r, c))
         a = x.new_zeros(n, na, c)
@@ -131,6 +137,8 @@ def bipartite_merge_fns(
             out[:, ::2] = a
             out[:, 1::2] = b
         else:
+            out = x.new_zeros(n, head + na + b.shape[1], c)
+            out[:, :head] = x[:, :head]
             out = out.scatter(1, a_idx[..., None].expand(-1, -1, c), a)
             out = out.scatter(1, b_idx[..., None].expand(-1, -1, c), b)
         return out
@@ -176,3 +184,50 @@ def merge_source(merge: MergeFn, x: Tensor, source: Tensor | None = None) -> Ten
 def clamp_r(r: int, num_tokens: int, num_prefix: int) -> int:
     """The r a block can actually merge: at most half of its unprotected tokens."""
     return max(0, min(r, (num_tokens - num_prefix) // 2))
+
+
+def group_merge_fns(assign: Tensor, n_out: int, rep_idx: Tensor | None = None
+                    ) -> tuple[MergeFn, MergeFn]:
+    """``merge`` / ``unmerge`` for any grouping of tokens (k-means, greedy, random).
+
+    Args:
+        assign: [B, N] output position of each input token's group (0 .. n_out - 1).
+        n_out: tokens after merging.
+        rep_idx: [B, n_out] one member per group, the token ``mode="keep"`` keeps (None if
+            the grouping has no natural representative).
+    """
+
+    def merge(x: Tensor, mode: str = "mean") -> Tensor:
+        n, _, c = x.shape
+        if mode == "keep":
+            if rep_idx is None:
+                raise ValueError("this matching has no destination token to keep")
+            return x.gather(1, rep_idx[..., None].expand(n, n_out, c))
+        out = x.new_zeros(n, n_out, c)
+        return out.scatter_reduce(1, assign[..., None].expand(n, -1, c), x, reduce=mode,
+                                  include_self=False)
+
+    def unmerge(x: Tensor) -> Tensor:
+        return x.gather(1, assign[..., None].expand(-1, -1, x.shape[-1]))
+
+    return merge, unmerge
+
+
+def prune_fns(keep_idx: Tensor) -> tuple[MergeFn, MergeFn]:
+    """``merge`` that drops tokens (pruning) and ``unmerge`` that puts zeros back.
+
+    Args:
+        keep_idx: [B, N - r] positions kept, ascending (so a protected prefix stays first).
+    """
+    n_keep = keep_idx.shape[1]
+
+    def merge(x: Tensor, mode: str = "mean") -> Tensor:
+        return x.gather(1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
+
+    def unmerge(x: Tensor, num_tokens: int | None = None) -> Tensor:
+        n, _, c = x.shape
+        total = num_tokens if num_tokens is not None else int(keep_idx.max()) + 1
+        out = x.new_zeros(n, max(total, n_keep), c)
+        return out.scatter(1, keep_idx[..., None].expand(-1, -1, c), x)
+
+    return merge, unmerge

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from tome_lab.config import ToMeConfig
 from tome_lab.flops import ViTSpec
 from tome_lab.matching import MatchContext
-from tome_lab.merge import clamp_r, merge_source, merge_wavg
-from tome_lab.registry import ATTENTION, MATCHING, SCHEDULES
+from tome_lab.merge import clamp_r, merge_source
+from tome_lab.registry import ATTENTION, COMBINE, FEATURES, MATCHING, SCHEDULES
 
 _BLOCK_CHILDREN = {"norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"}
 _ATTN_CHILDREN = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"}
@@ -59,6 +59,8 @@ class _BlockPlan:
     state: ToMeState
     match: Callable[..., Any]
     mask: Callable[[Tensor | None], Tensor | None]
+    feature: Callable[..., Tensor] | None  # None: the matcher needs no similarity metric
+    combine: Callable[..., tuple[Tensor, Tensor]]
 
 
 def _timm_classes() -> tuple[type, type, type]:
@@ -132,6 +134,7 @@ def vit_spec(model: nn.Module) -> ViTSpec:
         depth=len(model.blocks),
         num_tokens=num_tokens,
         num_prefix=model.num_prefix_tokens,
+        class_token=bool(getattr(model, "has_class_token", model.cls_token is not None)),
         attn_dim=attn.num_heads * attn.head_dim,
         head_dim=attn.head_dim,
         attn_token_flops=attn_flops,
@@ -141,9 +144,9 @@ def vit_spec(model: nn.Module) -> ViTSpec:
     )
 
 
-def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None,
-               metric: bool) -> tuple[Tensor, Tensor | None]:
-    """timm Attention with the mask and the key metric; returns ([B, N, C], [B, N, hd])."""
+def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None
+               ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """timm Attention with an additive mask; returns ([B, N, C], per-head (q, k, v))."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -164,7 +167,7 @@ def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None,
     if gate is not None:
         x = x * gate
     x = attn.proj_drop(attn.proj(x))
-    return x, (k.mean(1) if metric else None)
+    return x, (q, k, v)
 
 
 def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
@@ -176,16 +179,23 @@ def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
                          "changes the token set the mask refers to")
     if plan.index == 0:  # a new forward starts: forget the last one's sizes
         st.size, st.source, st.tokens = None, None, []
-    y, metric = _attention(self.attn, self.norm1(x), plan.mask(st.size), plan.r > 0)
+    x_in = x
+    y, (q, k, v) = _attention(self.attn, self.norm1(x), plan.mask(st.size))
     x = x + self.drop_path1(self.ls1(y))
     r = clamp_r(plan.r, x.shape[1], st.spec.num_prefix)
     if r > 0:
+        metric = None
+        if plan.feature is not None:
+            feat = plan.feature(x_in, q, k, v)  # (B, H, N, d)
+            metric = (feat.mean(1) if st.config.head_agg == "mean"
+                      else feat.transpose(1, 2).flatten(2))  # (B, N, d) or (B, N, H*d)
         ctx = MatchContext(metric=metric, num_prefix=st.spec.num_prefix,
-                           distance=st.config.distance, size=st.size)
+                           distance=st.config.distance, size=st.size, x=x, q=q, k=k,
+                           class_token=st.spec.class_token, partition=st.config.partition)
         merge, _ = plan.match(ctx, r)
         if st.config.trace_source:
             st.source = merge_source(merge, x, st.source)
-        x, st.size = merge_wavg(merge, x, st.size)
+        x, st.size = plan.combine(merge, x, st.size)
     st.tokens.append(int(x.shape[1]))
     return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
@@ -217,16 +227,19 @@ def apply_tome(model: nn.Module, r: int | list[int] = 16, matching: str = "bipar
             ``decreasing``, ``increasing``, ``flops``).
         prop_attn: proportional attention (True) or plain attention.
         trace_source: record which input patches each output token holds.
-        **options: ``distance`` and the chosen plug-ins' own options (e.g. ``gflops``).
+        **options: ``distance``, ``feature``, ``head_agg``, ``combine``, ``partition``
+            (see :class:`~tome_lab.config.ToMeConfig`) and the chosen plug-ins' own options
+            (e.g. ``gflops`` for ``schedule="flops"``, ``criterion`` for ``pruning``).
 
     Raises:
         ValueError: unknown names or bad values.
         TypeError: a model whose blocks hold something this patch does not understand.
     """
-    distance = options.pop("distance", "cosine")
+    knobs = {k: options.pop(k) for k in ("distance", "feature", "head_agg", "combine",
+                                         "partition") if k in options}
     cfg = ToMeConfig(r=tuple(r) if isinstance(r, list) else r, matching=matching,
                      schedule=schedule, prop_attn=prop_attn, trace_source=trace_source,
-                     distance=distance, options=options)
+                     options=options, **knobs)
     return apply_config(model, cfg)
 
 
@@ -234,19 +247,24 @@ def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
     """:func:`apply_tome` from a :class:`~tome_lab.config.ToMeConfig`."""
     spec = vit_spec(model)
     rs = SCHEDULES.get(cfg.schedule)(cfg.r, spec, **cfg.schedule_options())
+    match_fn = MATCHING.get(cfg.matching)
+    if cfg.matching == "none":  # the no-merge baseline plans no merges
+        rs = [0] * spec.depth
     if len(rs) != spec.depth or any(v < 0 for v in rs):
         raise ValueError(f"schedule {cfg.schedule!r} gave {rs}; need {spec.depth} values >= 0")
     state = ToMeState(config=cfg, r=rs, spec=spec)
-    match_fn = MATCHING.get(cfg.matching)
     m_opts = cfg.matching_options()
 
     def match(ctx: MatchContext, r: int) -> Any:
         return match_fn(ctx, r, **m_opts)
 
     mask = ATTENTION.get(cfg.attention)
+    feature = FEATURES.get(cfg.feature) if "metric" in getattr(match_fn, "uses", ()) else None
+    combine = COMBINE.get(cfg.combine)
     model._tome = state
     for i, blk in enumerate(model.blocks):
-        blk._tome_plan = _BlockPlan(index=i, r=rs[i], state=state, match=match, mask=mask)
+        blk._tome_plan = _BlockPlan(index=i, r=rs[i], state=state, match=match, mask=mask,
+                                    feature=feature, combine=combine)
         blk.forward = MethodType(_block_forward, blk)
     model.pool = MethodType(_pool, model)
     return model

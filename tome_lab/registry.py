@@ -86,4 +86,7 @@ def import_submodules(package: str) -> None:
 MATCHING: Registry = Registry("matching")
 SCHEDULES: Registry = Registry("schedule")
 ATTENTION: Registry = Registry("attention")
+FEATURES: Registry = Registry("feature")
+COMBINE: Registry = Registry("combine")
+PARTITIONS: Registry = Registry("partition")
 DATASETS: Registry = Registry("dataset")

@@ -1,0 +1,53 @@
+"""Hard k-means: cluster the unprotected tokens into N - prefix - r groups per block.
+
+Batched Lloyd iterations with a fixed count, size-weighted centroids, and deterministic
+seeding (centroids start at tokens spread evenly over the sequence, i.e. over the image in
+raster order). A cluster left empty takes the token that fits its own cluster worst, so the
+output always has exactly N - r tokens. Each iteration is one [B, M, K] similarity.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tome_lab.matching._context import MatchContext, uses
+from tome_lab.merge import MergeFn, group_merge_fns, similarity
+from tome_lab.registry import MATCHING
+
+
+@MATCHING.register("kmeans", "k-means")
+@uses("metric", "combine")
+def kmeans(ctx: MatchContext, r: int, iters: int = 5) -> tuple[MergeFn, MergeFn]:
+    """Clusters tokens p.. into K = N - p - r groups; protected tokens stay alone."""
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"kmeans needs an int iters >= 1, got {iters!r}")
+    b, n, c = ctx.metric.shape
+    p, dev = ctx.num_prefix, ctx.metric.device
+    m, k = n - p, n - p - r
+    with torch.no_grad():
+        u = ctx.metric[:, p:].float()  # (B, M, C)
+        w = ctx.size[:, p:, 0].float() if ctx.size is not None else u.new_ones(b, m)
+        seeds = torch.linspace(0, m - 1, k, device=dev).round().long()
+        cent = u[:, seeds]  # (B, K, C)
+        for _ in range(iters):
+            a = similarity(u, cent, ctx.distance).argmax(dim=-1)  # (B, M)
+            num = u.new_zeros(b, k, c).scatter_add_(1, a[..., None].expand(-1, -1, c),
+                                                     u * w[..., None])
+            den = u.new_zeros(b, k).scatter_add_(1, a, w)
+            cent = torch.where(den[..., None] > 0, num / den.clamp_min(1e-12)[..., None], cent)
+        s = similarity(u, cent, ctx.distance)  # (B, M, K)
+        a = s.argmax(dim=-1)
+        for _ in range(4):  # refill empty clusters; one pass nearly always suffices
+            counts = torch.zeros(b, k, device=dev).scatter_add_(1, a, torch.ones_like(w))
+            n_empty = (counts == 0).sum(dim=1)  # (B,)
+            e = int(n_empty.max())
+            if e == 0:
+                break
+            fit = s.gather(-1, a[..., None])[..., 0]  # similarity to own centroid
+            fit = fit.masked_fill(counts.gather(1, a) <= 1, float("inf"))  # keep singletons
+            worst = fit.argsort(dim=1)[:, :e]  # (B, e) tokens that fit worst
+            empty = (counts == 0).float().argsort(dim=1, descending=True, stable=True)[:, :e]
+            valid = torch.arange(e, device=dev) < n_empty[:, None]
+            a.scatter_(1, worst, torch.where(valid, empty, a.gather(1, worst)))
+        assign = torch.cat([torch.arange(p, device=dev).expand(b, -1), a + p], dim=1)
+    return group_merge_fns(assign, n - r)

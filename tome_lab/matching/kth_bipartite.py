@@ -1,0 +1,26 @@
+"""Bipartite matching where every k-th unprotected token is a destination (B), the rest A.
+
+k = 2 is an alternating split that leaves the prefix out; larger k makes fewer, sparser
+destinations, so more tokens compete for each.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tome_lab.matching._context import MatchContext, uses
+from tome_lab.matching.bipartite import match_sets
+from tome_lab.merge import MergeFn
+from tome_lab.registry import MATCHING
+
+
+@MATCHING.register("kth_bipartite", "kth")
+@uses("metric", "combine", "keep")
+def kth_bipartite(ctx: MatchContext, r: int, k: int = 4) -> tuple[MergeFn, MergeFn]:
+    """Destinations: unprotected tokens 0, k, 2k, ... (counted after the prefix)."""
+    if not isinstance(k, int) or k < 2:
+        raise ValueError(f"kth_bipartite needs an int k >= 2, got k={k!r}")
+    b, n, _ = ctx.metric.shape
+    pos = torch.arange(ctx.num_prefix, n, device=ctx.metric.device)
+    is_dst = (pos - ctx.num_prefix) % k == 0
+    return match_sets(ctx, r, pos[~is_dst].expand(b, -1), pos[is_dst].expand(b, -1))
