@@ -111,13 +111,25 @@ def _token_flops(module: nn.Module | None, norm_repeat: int = 1) -> int:
     return total
 
 
+def _patch_embed_flops(model: nn.Module) -> int:
+    """FLOPs of the patch embedding: closed form for timm's PatchEmbed, fvcore otherwise."""
+    from timm.layers import PatchEmbed
+
+    from tome_lab.flops import count_flops
+
+    pe = model.patch_embed
+    if type(pe) is PatchEmbed and isinstance(pe.proj, nn.Conv2d):
+        return pe.num_patches * (pe.proj.weight.numel() + _token_flops(pe.norm))
+    # a custom stem (e.g. convolutions): count it as fvcore would inside the whole model
+    chans = model.pretrained_cfg.get("input_size", (3,))[0]
+    return round(count_flops(pe, (chans, *pe.img_size)) * 1e9)
+
+
 def vit_spec(model: nn.Module) -> ViTSpec:
     """Reads the numbers that token counts and FLOPs depend on from a timm ViT."""
     _check(model)
     pe = model.patch_embed
     num_patches = pe.num_patches
-    conv = pe.proj
-    patch_macs = num_patches * conv.weight.numel() if isinstance(conv, nn.Conv2d) else 0
     heads = [m for m in (getattr(model, "head", None), getattr(model, "head_dist", None))
              if isinstance(m, nn.Linear)]
     blk = model.blocks[0]
@@ -127,8 +139,7 @@ def vit_spec(model: nn.Module) -> ViTSpec:
     attn_flops = (_token_flops(blk.norm1) + per_head + _token_flops(attn.qkv)
                   + _token_flops(attn.norm) + _token_flops(getattr(attn, "gate", None))
                   + _token_flops(attn.proj))
-    fixed = (patch_macs + _token_flops(pe.norm) * num_patches
-             + _token_flops(model.norm_pre) * num_tokens
+    fixed = (_patch_embed_flops(model) + _token_flops(model.norm_pre) * num_tokens
              + _token_flops(model.fc_norm) + sum(h.weight.numel() for h in heads))
     return ViTSpec(
         depth=len(model.blocks),
