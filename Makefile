@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m tome_lab.bench --model deit_small_patch16_224 --r 0,8,16 --batch-size 32
+	$(BIN)/python -m tome_lab.ablate matching=bipartite,pruning
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -27,3 +27,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV)
+
+bench: $(STAMP)
+	$(BIN)/python -m tome_lab.bench --model deit_small_patch16_224 --r 0,8,16 --batch-size 32
