@@ -150,8 +150,9 @@ def test_pruning_attention_keeps_attended_tokens():
     k[:, :, 7, 0] = 10.0
     x = torch.arange(n, dtype=torch.float32)[None, :, None]
     ctx = MatchContext(metric=None, num_prefix=1, x=x, q=q, k=k, class_token=True)
-    merge, _ = pruning(ctx, 7)
+    merge, unmerge = pruning(ctx, 7)
     assert merge(x)[0, :, 0].tolist() == [0.0, 7.0]
+    assert unmerge(merge(x))[0, :, 0].tolist() == [0, 0, 0, 0, 0, 0, 0, 7, 0]
 
 
 def test_kmeans_groups_identical_tokens():

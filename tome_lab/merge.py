@@ -213,21 +213,20 @@ def group_merge_fns(assign: Tensor, n_out: int, rep_idx: Tensor | None = None
     return merge, unmerge
 
 
-def prune_fns(keep_idx: Tensor) -> tuple[MergeFn, MergeFn]:
+def prune_fns(keep_idx: Tensor, num_tokens: int) -> tuple[MergeFn, MergeFn]:
     """``merge`` that drops tokens (pruning) and ``unmerge`` that puts zeros back.
 
     Args:
         keep_idx: [B, N - r] positions kept, ascending (so a protected prefix stays first).
+        num_tokens: N, the token count before pruning.
     """
-    n_keep = keep_idx.shape[1]
 
     def merge(x: Tensor, mode: str = "mean") -> Tensor:
         return x.gather(1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
 
-    def unmerge(x: Tensor, num_tokens: int | None = None) -> Tensor:
+    def unmerge(x: Tensor) -> Tensor:
         n, _, c = x.shape
-        total = num_tokens if num_tokens is not None else int(keep_idx.max()) + 1
-        out = x.new_zeros(n, max(total, n_keep), c)
+        out = x.new_zeros(n, num_tokens, c)
         return out.scatter(1, keep_idx[..., None].expand(-1, -1, c), x)
 
     return merge, unmerge

@@ -45,4 +45,4 @@ def pruning(ctx: MatchContext, r: int, criterion: str = "attention") -> tuple[Me
         keep = score[:, p:].topk(n - p - r, dim=1).indices + p
         keep = torch.cat([torch.arange(p, device=keep.device).expand(b, -1),
                           keep.sort(dim=1).values], dim=1)
-    return prune_fns(keep)
+    return prune_fns(keep, n)
