@@ -81,6 +81,18 @@ def test_fvcore_equals_analytic(name, kw, schedule):
     assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
 
 
+@pytest.mark.parametrize("r", [0, 3, 6])
+def test_embedded_conv_stem_counts_exactly(r):
+    """The embedded vit_digits has a convolutional stem, counted by fvcore inside vit_spec."""
+    import tome_lab.models  # noqa: F401  (registers vit_digits with timm)
+
+    m = timm.create_model("vit_digits", pretrained=False).eval()
+    tome_lab.apply_tome(m, r=r)
+    st = tome_lab.tome_state(m)
+    got = tome_lab.count_flops(m, m.pretrained_cfg["input_size"])
+    assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
+
+
 def test_count_flops_keeps_training_mode():
     m = tiny_vit().train()
     tome_lab.count_flops(m, (3, 64, 64))
