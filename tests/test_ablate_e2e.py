@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from tome_lab import results
@@ -21,6 +22,7 @@ from tome_lab.ablate import main
 SMALL = ["limit=16", "batch_size=16", "speed=false"]
 
 
+@pytest.mark.slow
 def test_real_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "sweep"
@@ -45,6 +47,7 @@ def _results(folder):
     return {p.parent.name: p.read_text() for p in folder.glob("*/result.json")}
 
 
+@pytest.mark.slow
 def test_killed_sweep_reruns_each_point_exactly_once(tmp_path):
     out = tmp_path / "killed"
     n = 4
