@@ -252,7 +252,8 @@ def build_dataset(cfg: DataConfig, model: nn.Module) -> Dataset:
     ds = DATASETS.get(cfg.name)(cfg, model)
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.name!r} ({cfg.split}) is empty")
-    if cfg.limit is not None and cfg.limit < len(ds) and DATASETS.canonical(cfg.name) != "synthetic":
+    synthetic_ = DATASETS.canonical(cfg.name) == "synthetic"  # already ``limit`` long
+    if cfg.limit is not None and cfg.limit < len(ds) and not synthetic_:
         idx = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(ds))[:cfg.limit])
         ds = Subset(ds, idx.tolist())
     return ds

@@ -1,0 +1,141 @@
+"""Dataset registry and loader: every dataset yields model-shaped batches; bad input is named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from tome_lab.config import DataConfig, ModelConfig
+from tome_lab.data import DataError, _split, build_dataset, build_loader, progress
+from tome_lab.models import create_model
+from tome_lab.registry import DATASETS
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model(ModelConfig(pretrained=False))
+
+
+def test_registry_holds_the_four_datasets():
+    assert {"mnist5k", "digits", "imagefolder", "synthetic"} <= set(DATASETS.names())
+
+
+@pytest.mark.parametrize("name,split,n", [
+    ("mnist5k", "train", 4000), ("mnist5k", "val", 1000),
+    ("digits", "train", 1437), ("digits", "val", 360), ("synthetic", "val", 512)])
+def test_each_dataset_yields_model_shaped_batches(model, name, split, n):
+    loader = build_loader(DataConfig(name=name, split=split, batch_size=64), model)
+    assert len(loader.dataset) == n
+    x, y = next(iter(loader))
+    assert x.shape == (64, 1, 32, 32) and x.dtype == torch.float32
+    assert y.shape == (64,) and int(y.min()) >= 0 and int(y.max()) < 10
+    assert torch.isfinite(x).all()
+
+
+def test_mnist5k_split_is_fixed_disjoint_and_covers_all():
+    train, val = _split(5000, 4000, "train"), _split(5000, 4000, "val")
+    assert len(set(train) & set(val)) == 0 and len(set(train) | set(val)) == 5000
+    assert np.array_equal(train, _split(5000, 4000, "train"))
+
+
+def test_mnist5k_background_normalises_to_minus_mean_over_std(model):
+    x, _ = build_dataset(DataConfig(split="val"), model)[0]
+    # The padded corner is background: (0 - 0.1307) / 0.3081.
+    assert x[0, 0, 0].item() == pytest.approx(-0.1307 / 0.3081, abs=1e-4)
+    assert x.max() > 2.0  # ink is there too
+
+
+def test_digits_are_upscaled_to_a_three_channel_model():
+    vit = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=64, depth=1)
+    x, y = next(iter(build_loader(DataConfig(name="digits", batch_size=4), vit)))
+    assert x.shape == (4, 3, 64, 64) and torch.equal(x[:, 0], x[:, 1])
+
+
+def test_synthetic_respects_limit_and_is_reproducible(model):
+    cfg = DataConfig(name="synthetic", limit=6, batch_size=6)
+    a, b = next(iter(build_loader(cfg, model))), next(iter(build_loader(cfg, model)))
+    assert a[0].shape == (6, 1, 32, 32) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_limit_takes_a_subset(model):
+    assert len(build_dataset(DataConfig(limit=10), model)) == 10
+
+
+def test_unknown_dataset_suggests_a_name(model):
+    with pytest.raises(ValueError, match="mnist5k"):
+        build_loader(DataConfig(name="mnist5"), model)
+
+
+def test_progress_passes_items_through():
+    assert list(progress(range(3), "x")) == [0, 1, 2]
+
+
+def _write_pngs(root, classes, n=2, size=28):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            arr = rng.integers(0, 255, (size, size), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+
+
+def test_imagefolder_maps_integer_folders_to_classes(tmp_path, model):
+    _write_pngs(tmp_path, ["3", "7"])
+    loader = build_loader(DataConfig(name="imagefolder", path=str(tmp_path), batch_size=4), model)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 1, 32, 32)
+    assert sorted(y.tolist()) == [3, 3, 7, 7]
+
+
+def test_imagefolder_uses_the_split_subfolder_and_rgb_for_timm_models(tmp_path):
+    _write_pngs(tmp_path / "val", ["n01440764", "n01443537"], n=1, size=40)
+    vit = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=1)
+    loader = build_loader(DataConfig(name="imagefolder", path=str(tmp_path), batch_size=2), vit)
+    x, y = next(iter(loader))
+    assert x.shape == (2, 3, 224, 224)
+    assert sorted(y.tolist()) == [0, 1]  # tench and goldfish are ImageNet classes 0 and 1
+
+
+def test_imagefolder_missing_path(model):
+    with pytest.raises(DataError, match="does not exist"):
+        build_loader(DataConfig(name="imagefolder", path="/no/such/dir"), model)
+
+
+def test_imagefolder_needs_a_path(model):
+    with pytest.raises(DataError, match="needs a path"):
+        build_loader(DataConfig(name="imagefolder"), model)
+
+
+def test_imagefolder_empty_folder(tmp_path, model):
+    with pytest.raises(DataError, match="no class folders"):
+        build_loader(DataConfig(name="imagefolder", path=str(tmp_path)), model)
+
+
+def test_imagefolder_class_folder_without_images(tmp_path, model):
+    (tmp_path / "1").mkdir()
+    with pytest.raises(DataError, match="1"):
+        build_loader(DataConfig(name="imagefolder", path=str(tmp_path)), model)
+
+
+def test_imagefolder_classes_that_do_not_match_the_model(tmp_path, model):
+    _write_pngs(tmp_path, ["cat", "dog"], n=1)
+    with pytest.raises(DataError, match="2 class folders.*10 classes"):
+        build_loader(DataConfig(name="imagefolder", path=str(tmp_path)), model)
+
+
+def test_imagefolder_class_index_out_of_range(tmp_path, model):
+    _write_pngs(tmp_path, ["1", "12"], n=1)
+    with pytest.raises(DataError, match="out of range"):
+        build_loader(DataConfig(name="imagefolder", path=str(tmp_path)), model)
+
+
+def test_imagefolder_unreadable_image_is_named(tmp_path, model):
+    _write_pngs(tmp_path, ["0"], n=1)
+    (tmp_path / "0" / "broken.png").write_bytes(b"not a png")
+    loader = build_loader(DataConfig(name="imagefolder", path=str(tmp_path), batch_size=2), model)
+    with pytest.raises(DataError, match="broken.png"):
+        next(iter(loader))
