@@ -61,10 +61,23 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None,
 
 
 def model_data_config(model: nn.Module) -> dict[str, Any]:
-    """timm's data config for ``model``: ``input_size`` (C, H, W), ``mean``, ``std``, ...."""
+    """timm's data config for ``model``: ``input_size`` (C, H, W), ``mean``, ``std``, ....
+
+    The input size follows the patch embedding the model was built with, which differs from
+    its pretrained config when it was built with another ``img_size`` / ``in_chans``.
+    """
     from timm.data import resolve_data_config
 
-    return resolve_data_config({}, model=model)
+    dcfg = resolve_data_config({}, model=model)
+    pe = getattr(model, "patch_embed", None)
+    img_size = getattr(pe, "img_size", None)
+    if img_size is not None:
+        # A stem keeps ``in_chans``; timm's PatchEmbed has it only as its conv's in_channels.
+        c = getattr(pe, "in_chans", None) or getattr(getattr(pe, "proj", None), "in_channels",
+                                                     None)
+        c = c if isinstance(c, int) else dcfg["input_size"][0]
+        dcfg["input_size"] = (c, *img_size)
+    return dcfg
 
 
 def num_classes(model: nn.Module) -> int:

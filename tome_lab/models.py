@@ -68,6 +68,7 @@ class ConvStem(nn.Module):
         self.patch_size = (patch_size, patch_size)
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.in_chans = in_chans
         self.flatten = True
         self.output_fmt = "NCHW"
         self.dynamic_img_pad = False
