@@ -249,7 +249,11 @@ def _base_dict(args: Any) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 ok, 1 a point failed, 2 bad usage)."""
+    """Runs the command line; returns the exit status.
+
+    0: every point ok; 1: some point failed (the others are recorded); 2: a bad command line
+    (nothing ran); 130: interrupted with Ctrl-C (finished points kept).
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -272,7 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {p.name}  [{p.key}]  {state}")
         return 0
     print(f"sweep {name!r}: {len(points)} point(s) -> {folder}", file=sys.stderr)
-    records = run_sweep(points, folder, fn, progress=args.progress)
+    try:
+        records = run_sweep(points, folder, fn, progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished points are kept in {folder}; run the same command "
+              f"again to resume", file=sys.stderr)
+        return 130
     results.write_csv(sweep_frame(records), folder / "results.csv")
     print(format_table(points, records))
     ran = sum(r["ran"] for r in records)
