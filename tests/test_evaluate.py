@@ -19,7 +19,7 @@ def _cfg(r=4, speed=True, dtype="fp32", **data):
         model=ModelConfig(pretrained=False),
         data=DataConfig(**{"name": "synthetic", "limit": 16, "batch_size": 8, **data}),
         tome=ToMeConfig(r=r), eval=EvalConfig(speed=speed, speed_batches=1, dtype=dtype,
-                                              threads=2))
+                                              threads=1))
 
 
 def test_result_is_flat_and_complete():

@@ -67,6 +67,7 @@ class TrainConfig:
         seed: seeds weights, shuffling, augmentation and dropout.
         threads: torch CPU threads (None: torch's default).
         max_steps: stop after this many steps (tests and smoke runs); None: full epochs.
+        limit: use at most this many training (and held-out) images (smoke runs); None: all.
         speed_steps: timed steps per setting for training img/s (0: skip).
         eval_every: held-out top-1 every this many epochs (and after the last); it is logged
             only, never used to pick a checkpoint.
@@ -94,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     max_steps: int | None = None
+    limit: int | None = None
     speed_steps: int = 5
     eval_every: int = 4
     output: str | None = None
@@ -230,12 +232,20 @@ def train_speed(model: nn.Module, x: Tensor, y: Tensor, r: int, prop_attn: bool,
     steps per setting, after one warm-up step each.
     """
     import tome_lab
-    from tome_lab.patch import is_patched
+    from tome_lab.config import ToMeConfig
 
-    base = tome_lab.remove_tome(copy.deepcopy(model).train())
-    merged = copy.deepcopy(model).train()
-    if not is_patched(merged):
-        tome_lab.apply_tome(merged, r=r, prop_attn=prop_attn)
+    state = tome_lab.tome_state(model)
+    tome_cfg = state.config if state is not None else ToMeConfig(r=r, prop_attn=prop_attn)
+    # A patched model holds bound methods and its config's read-only options, which deepcopy
+    # cannot copy: copy the plain model and patch the copy.
+    if state is not None:
+        tome_lab.remove_tome(model)
+    try:
+        base = copy.deepcopy(model).train()
+        merged = tome_lab.apply_config(copy.deepcopy(model).train(), tome_cfg)
+    finally:
+        if state is not None:
+            tome_lab.apply_config(model, tome_cfg)
 
     def one(m: nn.Module) -> float:
         t = time.perf_counter()
@@ -297,8 +307,9 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
         model = create_model(mcfg)
     dist = hasattr(model, "set_distilled_training")
     train_cfg = DataConfig(name=cfg.data, path=cfg.data_path, split="train",
-                           batch_size=cfg.batch_size)
-    val_cfg = DataConfig(name=cfg.data, path=cfg.data_path, split="val", batch_size=250)
+                           batch_size=cfg.batch_size, limit=cfg.limit)
+    val_cfg = DataConfig(name=cfg.data, path=cfg.data_path, split="val", batch_size=250,
+                         limit=cfg.limit)
     loader = build_loader(train_cfg, model, shuffle=True, seed=cfg.seed, drop_last=True)
     val_loader = build_loader(val_cfg, model)
     _log({"event": "start", "config": asdict(cfg), "command": command,
@@ -350,7 +361,9 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
         _log({"event": "epoch", "epoch": e + 1, "top1": top1,
               "elapsed_s": time.perf_counter() - wall0, **m})
 
-    # The first batch's loss, before any step, is the baseline a short run must beat.
+    # The first batch's loss, before any step, is the baseline a short run must beat. The
+    # probes run in train mode, so they also feed BatchNorm's running statistics one more
+    # batch each; the zoo checkpoint was trained (and is reproduced) with them.
     x0, y0 = next(iter(loader))
     with torch.no_grad():
         model.train()
@@ -433,6 +446,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
+    p.add_argument("--limit", type=int, default=None, help="images per split (smoke runs)")
     p.add_argument("--speed-steps", type=int, default=d.speed_steps)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--output", default=None, help="checkpoint path (.safetensors)")
