@@ -188,3 +188,18 @@ def test_masked_forward_refused():
     tome_lab.apply_tome(m, r=2)
     with pytest.raises(ValueError, match="attn_mask"):
         m.blocks[0](torch.randn(1, 17, 64), attn_mask=torch.zeros(1, 1, 17, 17))
+
+
+def test_patched_model_deepcopies_and_pickles():
+    import copy
+    import pickle
+
+    m = tiny_vit()
+    tome_lab.apply_tome(m, r=3, schedule="flops", gflops=0.003)
+    twin = copy.deepcopy(m)
+    again = pickle.loads(pickle.dumps(tome_lab.tome_state(m).config))
+    assert again == tome_lab.tome_state(m).config
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), m(x))
+    assert tome_lab.tome_state(twin).tokens == tome_lab.tome_state(m).tokens

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from types import MappingProxyType
 from typing import Any
 
 from tome_lab.merge import DISTANCES
@@ -103,7 +102,9 @@ class ToMeConfig:
                 raise ValueError(
                     f"option {key!r} is not taken by matching {self.matching!r} nor schedule "
                     f"{self.schedule!r}; their options: {', '.join(valid)}")
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        # a plain dict copy (not a MappingProxyType) so configs and patched models deep-copy
+        # and pickle, e.g. when submitit ships them to a cluster job
+        object.__setattr__(self, "options", dict(self.options))
 
     def _check_knobs(self, uses: frozenset[str]) -> None:
         """Refuses choices the matcher would silently ignore, naming the pair and why."""
