@@ -227,10 +227,14 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One point of a sweep: a model with a ToMe setting evaluated on a dataset."""
+    """One point of a sweep: a model with a ToMe setting evaluated on a dataset.
+
+    The default ToMe setting is r=4 because the default model is the embedded ``vit_digits``
+    (66 tokens, 12 blocks): r=4 merges 48 of them, as r=16 merges 192 of DeiT's 197.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    tome: ToMeConfig = field(default_factory=ToMeConfig)
+    tome: ToMeConfig = field(default_factory=lambda: ToMeConfig(r=4))
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
