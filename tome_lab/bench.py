@@ -41,7 +41,8 @@ class Setting:
         return "timm" if self.matching is None else f"{self.matching} r={self.r}"
 
 
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """The context that runs a forward in ``dtype`` (``fp32``: none; else autocast)."""
     if _DTYPES[dtype] is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[dtype])
@@ -93,7 +94,7 @@ def run_bench(model_name: str = "deit_small_patch16_224", r: Sequence[int] = (0,
     times: dict[Setting, list[float]] = {s: [] for s in settings}
     bar = tqdm(total=(warmup + repeats) * len(settings), desc=f"bench {model_name}",
                disable=not progress, file=sys.stderr)
-    with torch.inference_mode(), _autocast(dev, dtype):
+    with torch.inference_mode(), autocast(dev, dtype):
         for i in range(warmup + repeats):
             for s in settings:
                 _configure(model, s, options)
@@ -195,4 +196,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 
-__all__ = ["Setting", "format_table", "main", "run_bench"]
+__all__ = ["Setting", "autocast", "format_table", "main", "run_bench"]

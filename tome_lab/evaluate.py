@@ -24,7 +24,6 @@ ratio taken on one machine).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import statistics
@@ -36,16 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tome_lab.bench import autocast
 from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
 from tome_lab.data import build_loader, model_data_config, progress
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST[dtype])
 
 
 def _sync(device: torch.device) -> None:
@@ -57,7 +49,7 @@ def _sync(device: torch.device) -> None:
 def _timed(model: nn.Module, x: Tensor, device: torch.device, dtype: str) -> float:
     _sync(device)
     t = time.perf_counter()
-    with _autocast(device, dtype):
+    with autocast(device, dtype):
         model(x)
     _sync(device)
     return time.perf_counter() - t
@@ -92,7 +84,7 @@ def score(model: nn.Module, loader: Any, device: torch.device, dtype: str,
     for x, y in progress(loader, desc):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = model(x)
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices  # (B, k)
