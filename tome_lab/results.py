@@ -13,8 +13,11 @@ Layout of a sweep folder (``runs/<sweep>/`` by default)::
 
     {"schema": 1, "status": "ok" | "failed", "key": <config hash>, "name": <readable name>,
      "overrides": {dotted path: value}, "config": {model, data, tome, eval, seed},
+     "identity": {"config": <config hash>, "fn": "module:function",
+                  "checkpoint": null | {"path", "sha256"}},
      "metrics": {top1, top5, gflops, img_per_s, speedup, ...} (flat; {} when failed),
      "error": null | {"type", "message", "traceback"},
+     "job": {"launcher": "inline" | "local" | "slurm", "job_id", "attempt"},
      "env": {git_rev, git_dirty, python, torch, timm, tome_lab, device, dtype, hostname,
              platform, cpu_count, torch_threads, pid, date},
      "started": ISO date, "finished": ISO date, "seconds": float}
@@ -28,6 +31,7 @@ records (git revision, versions and config in every file).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -63,6 +67,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; results are for collaborators on shared storage, so
+        # give it the mode a plain open() would (0666 less the umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -71,7 +78,27 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a crash only once its folder is synced
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the file itself is synced
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -112,6 +139,37 @@ def _git_revision() -> tuple[str | None, bool | None]:
         return rev or None, bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return None, None
+
+
+def code_revision() -> str | None:
+    """The git commit of the tome_lab source tree, with ``+dirty`` if it has local changes."""
+    rev, dirty = _git_revision()
+    return None if rev is None else rev + ("+dirty" if dirty else "")
+
+
+def file_digest(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of a file's content (hex), or None if it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def same_identity(record: Mapping[str, Any], ident: Mapping[str, Any]) -> bool:
+    """Whether a finished record was made from the same inputs as ``ident`` says.
+
+    The identity (see :func:`tome_lab.launch.identity`) is the configuration hash, the point
+    function and the checkpoint's path and content digest; the code revision is not part of it
+    (results are reused across revisions, and the launcher says so). A record without an
+    identity (written before it was recorded) is never the same.
+    """
+    old = record.get("identity")
+    return isinstance(old, Mapping) and all(old.get(k) == ident.get(k)
+                                            for k in ("config", "fn", "checkpoint"))
 
 
 def environment(device: str | None = None, dtype: str | None = None) -> dict[str, Any]:

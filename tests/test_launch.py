@@ -1,0 +1,229 @@
+"""Launchers (tome_lab.launch) without Slurm: configuration, plan, inline and local runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+
+import launch_fns
+import pytest
+import torch
+
+from tome_lab import launch, results
+from tome_lab.launch import LaunchConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+FN = launch_fns.FN
+
+
+@pytest.fixture
+def control(tmp_path, monkeypatch):
+    """The folder where point_fn counts its calls; jobs find launch_fns via PYTHONPATH."""
+    folder = tmp_path / "control"
+    folder.mkdir()
+    monkeypatch.setenv("TOME_TEST_CONTROL", str(folder))
+    tests = str(Path(launch_fns.__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [tests, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return folder
+
+
+# --------------------------------------------------------------------------- configuration
+
+def test_launch_config_rejects_bad_values_by_name():
+    with pytest.raises(ValueError, match="did you mean 'slurm'"):
+        LaunchConfig(launcher="slrum")
+    with pytest.raises(ValueError, match="launch.parallel must be an int >= 1"):
+        LaunchConfig(parallel=0)
+    with pytest.raises(ValueError, match="launch.time_min must be a number > 0"):
+        LaunchConfig(time_min=0)
+    with pytest.raises(ValueError, match="launch.sbatch"):
+        LaunchConfig(sbatch={"--exclude": "n1"})
+    with pytest.raises(ValueError, match="unknown launch option 'partiton'.*'partition'"):
+        LaunchConfig.from_dict({"partiton": "gpu"})
+    with pytest.raises(ValueError, match="takes inline, local, slurm or a YAML file"):
+        LaunchConfig.parse("lokal")
+    cfg = LaunchConfig(setup=["module load cuda"])
+    assert cfg.setup == ("module load cuda",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.parallel = 3
+
+
+@pytest.mark.parametrize("name", ["local", "slurm-local", "gpu-cluster"])
+def test_launch_files_parse_and_make_valid_sbatch_scripts(name, tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    cfg = LaunchConfig.parse(str(ROOT / "launch" / f"{name}.yaml"))
+    assert cfg.launcher in ("local", "slurm")
+    params = launch.slurm_parameters(cfg, 8, "sweep")
+    text = _make_sbatch_string(command="true", folder=tmp_path, map_count=8, **params)
+    assert f"#SBATCH --time={max(1, int(-(-cfg.time_min // 1)))}" in text
+    assert f"#SBATCH --array=0-7%{min(8, cfg.parallel)}" in text
+    if name == "gpu-cluster":
+        assert "#SBATCH --gpus-per-task=1" in text
+        assert "#SBATCH --partition=gpu" in text
+        assert f"#SBATCH --mem={int(cfg.mem_gb * 1024)}MB" in text
+        assert all(line in text for line in cfg.setup)
+
+
+def test_launcher_override_on_top_of_a_file():
+    cfg = LaunchConfig.parse(str(ROOT / "launch" / "gpu-cluster.yaml"), partition="a100",
+                             parallel=3)
+    assert (cfg.launcher, cfg.partition, cfg.parallel) == ("slurm", "a100", 3)
+
+
+# --------------------------------------------------------------------------- inline and the plan
+
+def test_inline_runs_each_point_once_and_reuses_finished_ones(tmp_path, control):
+    pts = launch_fns.points("ok", "raise", "ok")
+    recs = launch.run(pts, tmp_path / "s", FN, progress=False)
+    assert [r["status"] for r in recs] == ["ok", "failed", "ok"]
+    assert [r["metrics"].get("top1") for r in recs] == [0.0, None, 4.0]
+    assert recs[1]["error"]["message"] == "point 1 fails on purpose"
+    assert recs[0]["identity"] == {"config": pts[0].key, "fn": FN, "checkpoint": None}
+    # a re-launch reuses ok and failed results: nothing runs
+    again = launch.run(pts, tmp_path / "s", FN, progress=False)
+    assert [r["ran"] for r in again] == [False, False, False]
+    assert [launch_fns.count(control, "started", x) for x in range(3)] == [1, 1, 1]
+    # --rerun failed runs the failed one only; --rerun all runs every point
+    launch.run(pts, tmp_path / "s", FN, rerun="failed", progress=False)
+    assert [launch_fns.count(control, "started", x) for x in range(3)] == [1, 2, 1]
+    launch.run(pts, tmp_path / "s", FN, rerun="all", progress=False)
+    assert [launch_fns.count(control, "started", x) for x in range(3)] == [2, 3, 2]
+    with pytest.raises(ValueError, match="rerun must be one of failed, all"):
+        launch.run(pts, tmp_path / "s", FN, rerun="some", progress=False)
+
+
+def test_identity_covers_point_function_and_checkpoint_content(tmp_path, control):
+    ckpt = tmp_path / "w.bin"
+    ckpt.write_bytes(b"weights v1")
+    pts = launch_fns.points("ok", checkpoint=str(ckpt))
+    first = launch.run(pts, tmp_path / "s", FN, progress=False)[0]
+    assert first["identity"]["checkpoint"] == {"path": str(ckpt),
+                                               "sha256": results.file_digest(ckpt)}
+    import hashlib
+
+    assert first["identity"]["checkpoint"]["sha256"] == hashlib.sha256(b"weights v1").hexdigest()
+    assert launch.run(pts, tmp_path / "s", FN, progress=False)[0]["ran"] is False
+    # another point function: not the same result
+    assert launch.run(pts, tmp_path / "s", "launch_fns:other_fn", progress=False)[0]["ran"]
+    # a checkpoint retrained at the same path: not the same result either
+    ckpt.write_bytes(b"weights v2")
+    rec = launch.run(pts, tmp_path / "s", "launch_fns:other_fn", progress=False)[0]
+    assert rec["ran"] and rec["identity"]["checkpoint"]["sha256"] != first["identity"][
+        "checkpoint"]["sha256"]
+    assert launch_fns.count(control, "started", 0) == 3
+
+
+def test_reuse_at_another_code_revision_says_so(tmp_path, control, capsys):
+    pts = launch_fns.points("ok")
+    rec = launch.run(pts, tmp_path / "s", FN, progress=False)[0]
+    path = Path(rec["dir"]) / results.RESULT
+    data = json.loads(path.read_text())
+    data["env"]["git_rev"] = "0" * 40
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    again = launch.run(pts, tmp_path / "s", FN, progress=False)[0]
+    assert again["ran"] is False
+    assert "reusing 1 result(s) made at another code revision" in capsys.readouterr().err
+
+
+def test_a_result_that_cannot_be_written_is_that_points_failure(tmp_path, control):
+    recs = launch.run(launch_fns.points("cyclic", "ok"), tmp_path / "s", FN, progress=False)
+    assert [r["status"] for r in recs] == ["failed", "ok"]
+    assert recs[0]["error"]["message"].startswith("writing result.json failed")
+    assert recs[0]["metrics"] == {}
+
+
+def test_bad_point_function_fails_before_anything_runs(tmp_path, control):
+    with pytest.raises(ValueError, match="cannot load point function 'launch_fns:nope'"):
+        launch.run(launch_fns.points("ok"), tmp_path / "s", "launch_fns:nope", progress=False)
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("x=*"))
+
+
+def _state_changer(cfg):
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(1234)
+    return {"top1": torch.rand(()).item()}
+
+
+def test_inline_restores_threads_determinism_and_rng(tmp_path, control, monkeypatch):
+    monkeypatch.setattr(launch_fns, "state_changer", _state_changer, raising=False)
+    torch.set_num_threads(2)
+    torch.manual_seed(7)
+    det = torch.are_deterministic_algorithms_enabled()
+    before = torch.get_rng_state()
+    expected = torch.rand(3)  # what the next draws are when nothing touches the RNG
+    torch.set_rng_state(before)
+    launch.run(launch_fns.points("ok", "ok"), tmp_path / "s", "launch_fns:state_changer",
+               progress=False)
+    assert torch.get_num_threads() == 2
+    assert torch.are_deterministic_algorithms_enabled() == det
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_result_files_are_readable_by_others_and_the_folder_is_synced(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    old = os.umask(0o022)
+    try:
+        path = results.write_json_atomic(tmp_path / "r" / "result.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert synced == [False, True]  # the file, then its folder after the rename
+
+
+# --------------------------------------------------------------------------- local launcher
+
+def _sigkill_worker(control):
+    def kill(claim):
+        assert claim["launcher"] == "local"
+        os.kill(launch_fns.pids(control, "started", 3)[0], signal.SIGKILL)
+    return kill
+
+
+@pytest.mark.slow
+def test_local_failures_are_isolated_reported_and_relaunch_completes(tmp_path, control):
+    cfg = LaunchConfig(launcher="local", parallel=2, wait=False, poll_s=0.5)
+    launch_fns.failure_scenario(tmp_path, cfg, _sigkill_worker(control))
+
+
+@pytest.mark.slow
+def test_local_timeout_requeues_and_finishes(tmp_path, control):
+    # 0.25 min limit, SIGUSR2 10 s before it: the hanging first attempt is requeued at ~5 s
+    cfg = LaunchConfig(launcher="local", time_min=0.25, signal_delay_s=10, poll_s=0.5)
+    launch_fns.timeout_scenario(tmp_path, cfg)
+
+
+def test_status_command_without_a_launch_exits_2(tmp_path, capsys):
+    assert launch.main(["status", str(tmp_path)]) == 2
+    assert "holds no launch" in capsys.readouterr().err
+
+
+def test_status_command_prints_states_and_writes_the_table(tmp_path, control, capsys):
+    launch.run(launch_fns.points("ok", "raise"), tmp_path / "s", FN, progress=False)
+    assert launch.main(["status", str(tmp_path / "s")]) == 1
+    out = capsys.readouterr().out
+    assert "done  x=0  top-1 0.00" in out
+    assert "failed  x=1  RuntimeError: point 1 fails on purpose" in out
+    assert "1 done, 1 failed, 0 running, 0 queued" in out
+    assert (tmp_path / "s" / "results.csv").is_file()
+
+
+def test_slurm_without_sbatch_says_how_to_get_one(tmp_path, control, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(RuntimeError, match="needs Slurm's sbatch.*slurm-local.sh"):
+        launch.run(launch_fns.points("ok"), tmp_path / "s", FN, LaunchConfig(launcher="slurm"),
+                   progress=False)
