@@ -249,3 +249,12 @@ def test_list_presets(capsys):
     assert plots.main(["--list-presets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in plots.PRESETS)
+
+
+def test_search_family_from_a_baseline_label_column():
+    df = _search_table()
+    labels = [None if m == "search" else f"{m} r={s[0]}" for m, s in zip(df.method, df.schedule,
+                                                                          strict=True)]
+    fig = plots.search_vs_baselines(df.drop(columns="method").assign(baseline=labels))
+    names = {c.get_label() for c in fig.axes[0].containers}
+    assert names == {"constant", f"search ({(df.method == 'search').sum()} schedules)"}

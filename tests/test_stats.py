@@ -175,3 +175,27 @@ def test_overlap_and_distinguishable():
         stats.Interval(0.8, 0.7, 0.9)
     assert a.overlaps(b) and not stats.distinguishable(a, b)
     assert stats.distinguishable(a, c)
+
+
+def _tables_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "analysis" / "tables.py"
+    spec = importlib.util.spec_from_file_location("analysis_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_analysis_tables_print_wilson_intervals():
+    tables = _tables_module()
+    df = pd.DataFrame({"name": ["a", "b"], "status": ["ok", "failed"], "top1": [97.2, None],
+                       "n_images": [500, None], "gflops": [0.0833, None],
+                       "finished": ["2026-01-01T00:00:01", "2026-01-01T00:00:02"]})
+    text = tables.markdown(df)
+    ci = stats.wilson_percent(97.2, 500)
+    header, _, row_a, row_b = text.splitlines()
+    assert header == "| point | top-1 | 95% CI | GFLOPs | images | status |"
+    assert row_a == f"| `a` | 97.20 | [{ci.low:.1f}, {ci.high:.1f}] | 0.0833 | 500 | ok |"
+    assert row_b == "| `b` | - | - | - | - | failed |"

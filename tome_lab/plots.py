@@ -15,13 +15,16 @@ Record shape of a schedule search (issue 11; until it exists, any table of this 
 one row per evaluated schedule with ``schedule`` (the per-layer r, a list or tuple with one
 entry per block), ``gflops``, ``top1``, optionally ``n_images`` (for intervals) and
 ``method`` (``"search"`` for searched schedules; any other value, e.g. ``"constant"`` or
-``"decreasing"``, is a baseline family drawn as a line).
+``"decreasing"``, is a baseline family drawn as a line). Without ``method``, a ``baseline``
+column is read instead: a label such as ``"constant r=4"`` names the family by its first
+word, an empty one marks a searched schedule.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -198,6 +201,8 @@ def search_vs_baselines(df: pd.DataFrame, x: str = "gflops", y: str = "top1",
         title: figure title.
     """
     df = _ok(df)
+    if method not in df.columns and "baseline" in df.columns:
+        df = df.assign(**{method: df["baseline"].map(_family)})
     _require(df, x, y, method)
     fig, ax = _figure()
     families = sorted(df[method].map(str).unique(), key=lambda m: (m == searched, m))
@@ -218,6 +223,14 @@ def search_vs_baselines(df: pd.DataFrame, x: str = "gflops", y: str = "top1",
         ax.set_title(title)
     _legend(ax)
     return fig
+
+
+def _family(baseline: Any) -> str:
+    """``"constant r=4"`` -> ``"constant"``; no baseline label -> ``"search"``."""
+    if baseline is None or (isinstance(baseline, float) and math.isnan(baseline)) or \
+            not str(baseline).strip():
+        return "search"
+    return str(baseline).split()[0]
 
 
 def schedules_of(df: pd.DataFrame, schedule: str = "schedule") -> np.ndarray:
