@@ -10,8 +10,12 @@ from tome_lab.matching.bipartite import bipartite
 from tome_lab.merge import clamp_r, merge_source, merge_wavg, similarity
 
 
-def reference_bipartite(metric, x, size, r, p):
-    """Loops over images, tokens and edges; returns merged x and size (wavg)."""
+def reference_bipartite(metric, x, size, r, p, keep_order=True):
+    """Loops over images, tokens and edges; returns merged x and size (wavg).
+
+    ``keep_order``: kept A tokens in sequence order (False: in descending score order, as the
+    paper's code leaves them without a class token).
+    """
     out_x, out_s = [], []
     for m, xi, si in zip(metric, x, size, strict=True):
         n = m.shape[0]
@@ -33,7 +37,9 @@ def reference_bipartite(metric, x, size, r, p):
         for ia, ib in src.items():
             bx[ib] = bx[ib] + xi[a_pos[ia]] * si[a_pos[ia]]
             bs[ib] = bs[ib] + si[a_pos[ia]]
-        kept_a = [ia for ia in range(len(a_pos)) if ia not in src]
+        kept_a = [ia for _, ia, _ in order[r:]]
+        if keep_order:
+            kept_a.sort()
         toks = [(a_pos[ia], xi[a_pos[ia]], si[a_pos[ia]]) for ia in kept_a]
         btoks = [(pb, bx[ib] / bs[ib], bs[ib]) for ib, pb in enumerate(b_pos)]
         prefix = sorted([t for t in toks + btoks if t[0] < p], key=lambda t: t[0])
@@ -44,16 +50,20 @@ def reference_bipartite(metric, x, size, r, p):
     return torch.stack(out_x), torch.stack(out_s)
 
 
+@pytest.mark.parametrize("class_token,order", [(True, "published"), (False, "published"),
+                                               (False, "sorted")])
 @pytest.mark.parametrize("n,p,r", [(17, 1, 5), (18, 2, 8), (21, 5, 6), (16, 0, 7), (9, 1, 4)])
-def test_bipartite_matches_reference(n, p, r):
+def test_bipartite_matches_reference(n, p, r, class_token, order):
     torch.manual_seed(n + p + r)
     metric = torch.randn(3, n, 8, dtype=torch.float64)
     x = torch.randn(3, n, 5, dtype=torch.float64)
     size = torch.randint(1, 4, (3, n, 1)).double()
     r = clamp_r(r, n, p)
-    merge, _ = bipartite(MatchContext(metric=metric, num_prefix=p), r)
+    ctx = MatchContext(metric=metric, num_prefix=p, class_token=class_token)
+    merge, _ = bipartite(ctx, r, order=order)
     got_x, got_s = merge_wavg(merge, x, size)
-    want_x, want_s = reference_bipartite(metric, x, size, r, p)
+    keep_order = class_token or order == "sorted"
+    want_x, want_s = reference_bipartite(metric, x, size, r, p, keep_order)
     torch.testing.assert_close(got_x, want_x)
     torch.testing.assert_close(got_s, want_s)
     assert got_x.shape[1] == n - r

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import MethodType
+from functools import partial
 from typing import Any
 
 import torch.nn.functional as F
@@ -35,32 +35,59 @@ _POOLS = ("token", "avg", "avgmax", "max", "")  # size-aware or unaffected by me
 class ToMeState:
     """Per-model state: the plan fixed at patch time and what the last forward left.
 
+    Each block reads its entry sizes from slot ``i`` and writes its exit sizes to slot
+    ``i + 1`` (never a running value), so recomputing a block (gradient checkpointing) sees
+    the same inputs as its first run.
+
     Attributes:
         config: the configuration applied.
         r: per-layer r from the schedule (before clamping).
         spec: the model's numbers (tokens, prefix, depth, FLOP terms).
-        size: [B, N, 1] token sizes after the last forward.
-        source: [B, N, N0] patch membership after the last forward (``trace_source``).
+        sizes: depth + 1 slots of [B, N_i, 1] token sizes entering block i (None: all ones).
+        masks: depth + 1 slots of the attention masks those sizes give (None: no mask).
+        sources: depth + 1 slots of [B, N_i, N0] patch membership (``trace_source``).
         tokens: tokens leaving each block in the last forward.
     """
 
     config: ToMeConfig
     r: list[int]
     spec: ViTSpec
-    size: Tensor | None = None
-    source: Tensor | None = None
+    sizes: list[Tensor | None] = field(default_factory=list)
+    masks: list[Tensor | None] = field(default_factory=list)
+    sources: list[Tensor | None] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        slots = self.spec.depth + 1
+        self.sizes, self.masks, self.sources = [None] * slots, [None] * slots, [None] * slots
+        self.tokens = [0] * self.spec.depth
+
+    @property
+    def size(self) -> Tensor | None:
+        """[B, N, 1] token sizes after the last forward (None if nothing merged)."""
+        return self.sizes[-1]
+
+    @property
+    def source(self) -> Tensor | None:
+        """[B, N, N0] patch membership after the last forward (``trace_source``)."""
+        return self.sources[-1]
 
 
 @dataclass(frozen=True)
 class _BlockPlan:
+    """What one block does, fixed at patch time: plain data and module-level functions only,
+    so a patched model pickles, deep-copies and saves with ``torch.save``."""
+
     index: int
     r: int
     state: ToMeState
     match: Callable[..., Any]
+    match_options: dict[str, Any]
     mask: Callable[[Tensor | None], Tensor | None]
     feature: Callable[..., Tensor] | None  # None: the matcher needs no similarity metric
     combine: Callable[..., tuple[Tensor, Tensor]]
+    head_mean: bool  # head_agg == "mean"
+    trace_source: bool
 
 
 def _timm_classes() -> tuple[type, type, type]:
@@ -79,7 +106,7 @@ def _check(model: nn.Module) -> None:
             f"global_pool={model.global_pool!r} pools with attention over all tokens, which "
             f"ToMe does not support; supported pools: {', '.join(repr(p) for p in _POOLS)}")
     for i, blk in enumerate(model.blocks):
-        if type(blk) is not block_cls:
+        if type(blk) not in (block_cls, _TOME_CLASSES.get("ToMeBlock")):
             raise TypeError(f"block {i} is a {type(blk).__name__}; ToMe patches timm's Block only")
         extra = {n for n, _ in blk.named_children()} - _BLOCK_CHILDREN
         if extra:
@@ -183,32 +210,57 @@ def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None
 
 def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
                    is_causal: bool = False) -> Tensor:
-    plan: _BlockPlan = self._tome_plan
-    st = plan.state
+    """timm's pre-norm block with a merge between the attention residual and the MLP."""
     if attn_mask is not None or is_causal:
         raise ValueError("a ToMe-patched block takes no attn_mask / is_causal: merging "
                          "changes the token set the mask refers to")
-    if plan.index == 0:  # a new forward starts: forget the last one's sizes
-        st.size, st.source, st.tokens = None, None, []
-    x_in = x
-    y, (q, k, v) = _attention(self.attn, self.norm1(x), plan.mask(st.size))
-    x = x + self.drop_path1(self.ls1(y))
+    plan: _BlockPlan = self._tome_plan
+    st, i = plan.state, plan.index
+    size, mask = st.sizes[i], st.masks[i]
+    y, (q, k, v) = _attention(self.attn, self.norm1(x), mask)
+    x_in, x = x, x + self.drop_path1(self.ls1(y))
     r = clamp_r(plan.r, x.shape[1], st.spec.num_prefix)
-    if r > 0:
+    source = st.sources[i]
+    if r > 0:  # a block that merges nothing computes no feature, similarity, mask or gather
         metric = None
         if plan.feature is not None:
             feat = plan.feature(x_in, q, k, v)  # (B, H, N, d)
-            metric = (feat.mean(1) if st.config.head_agg == "mean"
+            metric = (feat.mean(1) if plan.head_mean
                       else feat.transpose(1, 2).flatten(2))  # (B, N, d) or (B, N, H*d)
         ctx = MatchContext(metric=metric, num_prefix=st.spec.num_prefix,
-                           distance=st.config.distance, size=st.size, x=x, q=q, k=k,
+                           distance=st.config.distance, size=size, x=x, q=q, k=k,
                            class_token=st.spec.class_token, partition=st.config.partition)
-        merge, _ = plan.match(ctx, r)
-        if st.config.trace_source:
-            st.source = merge_source(merge, x, st.source)
-        x, st.size = plan.combine(merge, x, st.size)
-    st.tokens.append(int(x.shape[1]))
+        merge, _ = plan.match(ctx, r, **plan.match_options)
+        if plan.trace_source:
+            source = merge_source(merge, x, source)
+        x, size = plan.combine(merge, x, size)
+        mask = plan.mask(size)
+    st.sizes[i + 1], st.masks[i + 1], st.sources[i + 1] = size, mask, source
+    st.tokens[i] = x.shape[1]
     return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+_TOME_CLASSES: dict[str, type] = {}
+
+
+def _tome_block_class() -> type:
+    """``ToMeBlock``: timm's ``Block`` with :func:`_block_forward`, built on first use so that
+    importing tome_lab does not import timm; pickle finds it through the module's
+    ``__getattr__``."""
+    cls = _TOME_CLASSES.get("ToMeBlock")
+    if cls is None:
+        _, block_cls, _ = _timm_classes()
+        cls = type("ToMeBlock", (block_cls,), {
+            "forward": _block_forward, "__module__": __name__, "__qualname__": "ToMeBlock",
+            "__doc__": "A timm Block patched by tome_lab (see ``_block_forward``)."})
+        _TOME_CLASSES["ToMeBlock"] = cls
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ToMeBlock":
+        return _tome_block_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _pool(self: nn.Module, x: Tensor, pool_type: str | None = None) -> Tensor:
@@ -265,26 +317,31 @@ def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
         raise ValueError(f"schedule {cfg.schedule!r} gave {rs}; need {spec.depth} values >= 0")
     state = ToMeState(config=cfg, r=rs, spec=spec)
     m_opts = cfg.matching_options()
-
-    def match(ctx: MatchContext, r: int) -> Any:
-        return match_fn(ctx, r, **m_opts)
-
+    check = getattr(match_fn, "check_options", None)
+    if check is not None:  # bad plug-in options fail at patch time, not in the first forward
+        check(**m_opts)
     mask = ATTENTION.get(cfg.attention)
     feature = FEATURES.get(cfg.feature) if "metric" in getattr(match_fn, "uses", ()) else None
     combine = COMBINE.get(cfg.combine)
+    tome_block = _tome_block_class()
     model._tome = state
     for i, blk in enumerate(model.blocks):
-        blk._tome_plan = _BlockPlan(index=i, r=rs[i], state=state, match=match, mask=mask,
-                                    feature=feature, combine=combine)
-        blk.forward = MethodType(_block_forward, blk)
-    model.pool = MethodType(_pool, model)
+        blk._tome_plan = _BlockPlan(
+            index=i, r=rs[i], state=state, match=match_fn, match_options=m_opts, mask=mask,
+            feature=feature, combine=combine, head_mean=cfg.head_agg == "mean",
+            trace_source=cfg.trace_source)
+        blk.__class__ = tome_block
+    # a partial of a module-level function, unlike a bound method, pickles
+    model.pool = partial(_pool, model)
     return model
 
 
 def remove_tome(model: nn.Module) -> nn.Module:
     """Undoes :func:`apply_tome`: the model computes exactly what timm's code computes."""
+    _, block_cls, _ = _timm_classes()
     for blk in model.blocks:
-        blk.__dict__.pop("forward", None)
+        if type(blk) is _TOME_CLASSES.get("ToMeBlock"):
+            blk.__class__ = block_cls
         blk.__dict__.pop("_tome_plan", None)
     model.__dict__.pop("pool", None)
     model.__dict__.pop("_tome", None)

@@ -1,15 +1,21 @@
-"""Bipartite soft matching, exactly as published in ToMe (Bolya et al., ICLR 2023, Alg. 1).
+"""Bipartite soft matching as published in ToMe (Bolya et al., ICLR 2023, Alg. 1).
 
 Tokens are dealt alternately into sets A and B over the whole sequence, prefix included: a
 class token heads A and may not be a source, a distillation token heads B and may not be a
 destination. Each A token picks its most similar B token; the r best such edges are merged.
-Output order: unmerged A tokens in their original order, then B (protected prefix first).
+Output: the protected prefix first, in order; then the unmerged A tokens; then B.
+
+The order of the unmerged A tokens is the ``order`` option. ``"published"`` (the default)
+does what the paper's code does: it sorts them back into sequence order only when the model
+has a class token, and otherwise leaves them in descending order of their best score, which
+changes the A/B split of every later block. ``"sorted"`` always restores sequence order.
+Registers, which the paper never saw, are tome_lab's choice: protected like a class token,
+dealt into A and B like any token, and kept first.
+
 With another partition plug-in, A and B are drawn from the unprotected tokens only.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -18,14 +24,37 @@ from tome_lab.matching._context import MatchContext, uses
 from tome_lab.merge import MergeFn, bipartite_merge_fns, similarity
 from tome_lab.registry import MATCHING, PARTITIONS
 
+ORDERS = ("published", "sorted")
 
-def _best_edges(scores: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(unm_idx, src_idx, dst_idx) from [B, Na, Nb] scores: the r best A->B edges."""
-    node_max, node_idx = scores.max(dim=-1)  # (B, Na) best partner in B
-    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]  # (B, Na, 1)
-    unm_idx = edge_idx[:, r:].sort(dim=1).values  # keep A's original order
+
+def _best_edges(scores: Tensor, r: int, keep_order: bool, a_prefix: int = 0, b_prefix: int = 0
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """(unm_idx, src_idx, dst_idx) from the r best A -> B edges.
+
+    Args:
+        scores: [B, Na - a_prefix, Nb - b_prefix] similarities of the unprotected tokens.
+        r: edges to merge.
+        keep_order: sort the unmerged A tokens back into sequence order.
+        a_prefix: protected tokens heading A (kept first, never a source).
+        b_prefix: protected tokens heading B (never a destination).
+
+    Returns:
+        [B, Na - r, 1], [B, r, 1], [B, r, 1] indices into A, A and B.
+    """
+    node_max, node_idx = scores.max(dim=-1)  # (B, Na') best partner in B
+    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]  # (B, Na', 1)
+    if a_prefix:
+        edge_idx = edge_idx + a_prefix
+    unm_idx = edge_idx[:, r:]
+    if keep_order:
+        unm_idx = unm_idx.sort(dim=1).values
     src_idx = edge_idx[:, :r]
-    dst_idx = node_idx[..., None].gather(1, src_idx)
+    dst_idx = node_idx[..., None].gather(1, src_idx - a_prefix if a_prefix else src_idx)
+    if b_prefix:
+        dst_idx = dst_idx + b_prefix
+    if a_prefix:
+        head = torch.arange(a_prefix, device=scores.device).expand(scores.shape[0], a_prefix)
+        unm_idx = torch.cat([head[..., None], unm_idx], dim=1)
     return unm_idx, src_idx, dst_idx
 
 
@@ -35,24 +64,40 @@ def match_sets(ctx: MatchContext, r: int, a_idx: Tensor, b_idx: Tensor) -> tuple
         c = ctx.metric.shape[-1]
         a = ctx.metric.gather(1, a_idx[..., None].expand(-1, -1, c))
         b = ctx.metric.gather(1, b_idx[..., None].expand(-1, -1, c))
-        edges = _best_edges(similarity(a, b, ctx.distance), r)
+        edges = _best_edges(similarity(a, b, ctx.distance), r, keep_order=True)
     return bipartite_merge_fns(*edges, num_prefix=ctx.num_prefix, a_idx=a_idx, b_idx=b_idx)
+
+
+def _check_options(order: str = "published") -> None:
+    if order not in ORDERS:
+        raise ValueError(f"unknown bipartite order {order!r}; valid: {', '.join(ORDERS)}")
 
 
 @MATCHING.register("bipartite", "tome", "bsm")
 @uses("metric", "partition", "combine", "keep")
-def bipartite(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
-    """Bipartite soft matching on ``ctx.metric``; returns ``(merge, unmerge)``."""
+def bipartite(ctx: MatchContext, r: int, order: str = "published") -> tuple[MergeFn, MergeFn]:
+    """Bipartite soft matching on ``ctx.metric``; returns ``(merge, unmerge)``.
+
+    Args:
+        ctx: the block's metric [B, N, C], prefix count, distance and partition.
+        r: tokens to merge (1 <= r <= (N - prefix) // 2).
+        order: ``published`` (sequence order only with a class token, as the paper's code)
+            or ``sorted`` (always sequence order) for the unmerged A tokens.
+    """
     n, p = ctx.metric.shape[1], ctx.num_prefix
     sets = PARTITIONS.get(ctx.partition)(n, p, ctx.metric.shape[0], ctx.metric.device)
     if sets is not None:
         return match_sets(ctx, r, *sets)
     b_prefix = p // 2  # alternate split: prefix positions 1, 3, ... land in B
+    a_prefix = p - b_prefix
     with torch.no_grad():
-        a, b = ctx.metric[:, ::2], ctx.metric[:, 1::2]  # (B, Na, C), (B, Nb, C)
-        scores = similarity(a, b, ctx.distance)  # (B, Na, Nb)
-        if p:
-            scores[:, : p - b_prefix, :] = -math.inf  # protected A tokens: never a source
-            scores[:, :, :b_prefix] = -math.inf  # protected B tokens: never a destination
-        edges = _best_edges(scores, r)
+        # protected tokens are left out of the scores: never a source, never a destination
+        a = ctx.metric[:, a_prefix * 2::2]  # (B, Na - a_prefix, C)
+        b = ctx.metric[:, b_prefix * 2 + 1::2]  # (B, Nb - b_prefix, C)
+        scores = similarity(a, b, ctx.distance)
+        keep_order = order == "sorted" or ctx.class_token
+        edges = _best_edges(scores, r, keep_order, a_prefix, b_prefix)
     return bipartite_merge_fns(*edges, num_prefix=p, b_prefix=b_prefix)
+
+
+bipartite.check_options = _check_options  # apply_config calls it at patch time

@@ -1,0 +1,209 @@
+"""apply_tome end to end against a naive float64 ToMe ViT written from the paper's equations.
+
+The reference below uses timm's modules only for what merging does not touch (patch and
+position embedding, LayerNorms, the qkv / projection / MLP linears, LayerScale, the heads);
+everything ToMe changes is written out per image with plain loops over tokens: the attention
+softmax(q k^T / sqrt(d) + log s), keys averaged over heads, cosine similarity, the alternate
+A/B split including prefix tokens, the r best edges, the size-weighted merge after the
+attention residual and before the MLP, and size-weighted average pooling.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import timm
+import torch
+
+import tome_lab
+
+
+def _merge(tokens, size, key, r, num_prefix, class_token):
+    """One bipartite soft matching step on one image (Bolya et al., Alg. 1), with loops.
+
+    Args:
+        tokens: list of [C] tokens. size: list of floats. key: [N, d] head-averaged keys.
+        r: tokens to merge. num_prefix: protected tokens. class_token: whether token 0 is one.
+
+    Returns:
+        (tokens, size) after merging r tokens.
+    """
+    n = len(tokens)
+    r = min(r, (n - num_prefix) // 2)
+    if r <= 0:
+        return tokens, size
+    unit = [key[i] / key[i].norm() for i in range(n)]
+    a_pos, b_pos = list(range(0, n, 2)), list(range(1, n, 2))
+    edges = []  # (score, position in A's sequence, partner position in the sequence)
+    for pa in a_pos:
+        if pa < num_prefix:  # a protected token is never a source
+            continue
+        best, partner = -math.inf, None
+        for pb in b_pos:
+            if pb < num_prefix:  # ... nor a destination
+                continue
+            s = float(unit[pa] @ unit[pb])
+            if s > best:
+                best, partner = s, pb
+        edges.append((best, pa, partner))
+    edges.sort(key=lambda e: -e[0])
+    merged, kept = edges[:r], edges[r:]
+    dst_sum = {pb: tokens[pb] * size[pb] for pb in b_pos}
+    dst_size = {pb: size[pb] for pb in b_pos}
+    for _, pa, pb in merged:
+        dst_sum[pb] = dst_sum[pb] + tokens[pa] * size[pa]
+        dst_size[pb] += size[pa]
+    # the paper's code restores sequence order of the kept A tokens only with a class token
+    kept_a = [pa for _, pa, _ in kept]
+    if class_token:
+        kept_a.sort()
+    order = list(range(num_prefix)) + kept_a + [pb for pb in b_pos if pb >= num_prefix]
+    new_tokens, new_size = [], []
+    for pos in order:
+        if pos in dst_sum:
+            new_tokens.append(dst_sum[pos] / dst_size[pos])
+            new_size.append(dst_size[pos])
+        else:
+            new_tokens.append(tokens[pos])
+            new_size.append(size[pos])
+    return new_tokens, new_size
+
+
+def _attention(attn, h, size, prop_attn):
+    """timm Attention's weights, proportional attention written out per head; h is [N, C]."""
+    n = h.shape[0]
+    heads, d = attn.num_heads, attn.head_dim
+    qkv = attn.qkv(h).reshape(n, 3, heads, d)
+    q = attn.q_norm(qkv[:, 0].transpose(0, 1))  # (H, N, d)
+    k = attn.k_norm(qkv[:, 1].transpose(0, 1))
+    v = qkv[:, 2].transpose(0, 1)
+    log_size = torch.tensor(size, dtype=h.dtype).log()
+    outs = []
+    for hd in range(heads):  # softmax(q k^T / sqrt(d) + log s), one head at a time
+        logits = q[hd] @ k[hd].T / math.sqrt(d) + (log_size[None, :] if prop_attn else 0.0)
+        w = (logits - logits.amax(-1, keepdim=True)).exp()
+        outs.append((w / w.sum(-1, keepdim=True)) @ v[hd])
+    out = torch.cat(outs, dim=-1)  # (N, H * d)
+    out = attn.norm(out)
+    if attn.gate is not None:
+        out = out * torch.sigmoid(attn.gate(h))
+    return attn.proj(out), k.mean(0)  # (N, C), (N, d) keys averaged over heads
+
+
+@torch.no_grad()
+def reference_forward(model, images, r, prop_attn=True):
+    """Logits of a ToMe ViT, one image at a time (an unpatched float64 timm model)."""
+    p = model.num_prefix_tokens
+    class_token = model.cls_token is not None
+    out = []
+    for img in images:
+        x = model.norm_pre(model._pos_embed(model.patch_embed(img[None])))[0]
+        tokens, size = list(x), [1.0] * x.shape[0]
+        for blk in model.blocks:
+            h = blk.norm1(torch.stack(tokens))
+            y, key = _attention(blk.attn, h, size, prop_attn)
+            x = torch.stack(tokens) + blk.ls1(y)  # merge after the attention residual
+            tokens, size = _merge(list(x), list(size), key, r, p, class_token)
+            x = torch.stack(tokens)
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))  # ... and before the MLP
+            tokens = list(x)
+        x = model.norm(torch.stack(tokens))
+        if model.global_pool == "avg":
+            w = torch.tensor(size[p:], dtype=x.dtype)
+            pooled = (x[p:] * w[:, None]).sum(0) / w.sum()
+            out.append(model.head(model.fc_norm(pooled)))
+        else:
+            out.append(model.forward_head(x[None])[0])
+    return torch.stack(out)
+
+
+# (name, overrides, image side): random-initialised, shrunk where the full model is slow
+MODELS = {
+    "deit_t": ("deit_tiny_patch16_224", dict(depth=6), 224),
+    "deit_s_distilled": ("deit_small_distilled_patch16_224", dict(depth=4), 128),
+    "avg_no_cls": ("vit_medium_patch16_gap_256",
+                   dict(embed_dim=96, num_heads=3, depth=4), 128),
+    "registers": ("vit_base_patch16_reg4_gap_256", dict(embed_dim=96, num_heads=3, depth=4), 128),
+    "layerscale": ("deit3_small_patch16_224", dict(depth=4, init_values=0.5), 128),
+    "cls_registers": ("vit_small_patch14_reg4_dinov2", dict(depth=4, init_values=0.5), 98),
+    "scale_norm": ("deit_tiny_patch16_224", dict(depth=4, scale_attn_norm=True,
+                                                 scale_mlp_norm=True), 128),
+    "gated": ("deit_tiny_patch16_224", dict(depth=4), 128),  # gates added in _model
+    "qk_norm": ("deit_tiny_patch16_224", dict(depth=4, qk_norm=True), 128),
+}
+
+
+def _model(key):
+    name, kw, side = MODELS[key]
+    torch.manual_seed(0)
+    m = timm.create_model(name, pretrained=False, img_size=side, **kw)
+    if key == "gated":  # timm's Attention(gated=True) layout; its Block has no switch for it
+        for blk in m.blocks:
+            blk.attn.gate = torch.nn.Linear(blk.attn.qkv.in_features, blk.attn.attn_dim)
+    m = m.double().eval()
+    with torch.no_grad():  # random init leaves some tokens and norms at timm's zeros / ones
+        for name_, prm in m.named_parameters():
+            if name_.endswith(("cls_token", "reg_token", "dist_token", "pos_embed")):
+                prm.normal_(0, 0.5)
+            elif "norm" in name_ and name_.endswith("weight"):
+                prm.uniform_(0.5, 1.5)
+            elif name_.endswith("bias"):
+                prm.normal_(0, 0.1)
+    images = torch.randn(2, 3, side, side, dtype=torch.float64)
+    return m, images
+
+
+def _compare(key, r, prop_attn, **options):
+    m, images = _model(key)
+    want = reference_forward(m, images, r, prop_attn)
+    patched = tome_lab.apply_tome(copy.deepcopy(m), r=r, prop_attn=prop_attn, **options)
+    with torch.no_grad():
+        got = patched(images)
+    return got, want, tome_lab.tome_state(patched)
+
+
+@pytest.mark.parametrize("prop_attn", [True, False])
+@pytest.mark.parametrize("r", [4, 8])
+@pytest.mark.parametrize("key", ["deit_t", "deit_s_distilled", "avg_no_cls", "registers",
+                                 "layerscale"])
+def test_apply_tome_equals_reference(key, r, prop_attn):
+    got, want, st = _compare(key, r, prop_attn)
+    assert st.tokens[-1] < st.spec.num_tokens  # something was merged
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("key", ["cls_registers", "scale_norm", "gated", "qk_norm"])
+def test_other_supported_layouts_equal_reference(key):
+    """Class token + registers (the DINOv2-reg layout), scale-norm, gated attention, qk-norm."""
+    got, want, st = _compare(key, 6, True)
+    assert st.tokens[-1] < st.spec.num_tokens
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("key", ["avg_no_cls", "registers"])
+def test_sorted_order_differs_without_class_token(key):
+    """Without a class token, the published order and order='sorted' merge different sets."""
+    got, want, st = _compare(key, 8, True, order="sorted")
+    assert not torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+    m, images = _model(key)
+    pub = tome_lab.apply_tome(copy.deepcopy(m), r=8, trace_source=True)
+    srt = tome_lab.apply_tome(copy.deepcopy(m), r=8, trace_source=True, order="sorted")
+    with torch.no_grad():
+        pub(images), srt(images)
+    # the final groups of patches differ as sets, not only in order
+    groups = [{tuple(row.nonzero().flatten().tolist()) for row in tome_lab.tome_state(x).source[0]}
+              for x in (pub, srt)]
+    assert groups[0] != groups[1]
+
+
+def test_sorted_order_equals_published_with_class_token():
+    got, want, _ = _compare("deit_t", 8, True, order="sorted")
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+def test_bad_order_value_error():
+    m, _ = _model("deit_t")
+    with pytest.raises(ValueError, match="valid: published, sorted"):
+        tome_lab.apply_tome(m, r=4, order="bogus")
