@@ -272,6 +272,8 @@ def build_dataset(cfg: DataConfig, model: nn.Module) -> Dataset:
 
     ``limit`` takes a seeded random subset (so a cut ImageNet still covers many classes).
     """
+    import tome_lab.tasks  # noqa: F401  (registers the embedded tasks' datasets)
+
     ds = DATASETS.get(cfg.name)(cfg, model)
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.name!r} ({cfg.split}) is empty")

@@ -97,6 +97,7 @@ def _register() -> None:
 
     if not is_model(EMBEDDED):
         register_model(vit_digits)
+    import tome_lab.tasks  # noqa: F401  (registers the embedded tasks' models with timm)
 
 
 def vit_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -1,0 +1,15 @@
+"""Embedded tasks in the ToMe paper's regimes, built offline from the bundled MNIST digits.
+
+Each module registers its dataset in ``tome_lab.registry.DATASETS`` and its model with timm
+on import; importing this package imports them all (``tome_lab.data`` and
+``tome_lab.models`` do so before looking a name up).
+
+- ``clutter`` / ``vit_clutter``: a digit among clutter on a 56x56 canvas; 196 patch tokens,
+  DeiT's count at 224 px with 16 px patches.
+"""
+
+from __future__ import annotations
+
+from tome_lab.registry import import_submodules
+
+import_submodules(__name__)
