@@ -12,7 +12,6 @@ any point function (``--fn module:function`` on the command line).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import textwrap
@@ -194,44 +193,37 @@ def format_table(points: Sequence[Point], records: Sequence[Mapping[str, Any]]) 
 
 # --------------------------------------------------------------------------- command line
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> Any:
-    """The jsonargparse parser: the ExperimentConfig fields, sweep options and the words."""
-    from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
-
-    class Formatter(DefaultHelpFormatter, _HelpFormatter):
-        pass
+    """The jsonargparse parser (:func:`tome_lab.cli.build_parser` over ExperimentConfig), with
+    the sweep options and the words."""
+    from tome_lab import cli
 
     short = textwrap.fill(", ".join(sorted(k for k in key_table() if "." not in k)), width=90,
                           subsequent_indent="  ")
-    parser = ArgumentParser(
-        prog="python -m tome_lab.ablate",
-        description=__doc__.split("\n\n")[0] + "\n\n" + GRAMMAR.format(short=short),
-        formatter_class=Formatter,
-    )
-    parser.add_argument("--config", action=ActionConfigFile,
-                        help="A YAML file of any options below, e.g. a sweep of ablations/.")
-    parser.add_argument("words", nargs="*", default=[],
-                        help="Sweep words key=v1,v2 (see above).")
-    parser.add_argument("--sweep", type=list[str], default=[],
-                        help="Sweep words from a config file; command-line words come after "
-                             "and replace axes of the same key.")
-    parser.add_argument("--name", type=str | None, default=None,
-                        help="Sweep name (folder runs/<name>); default: the config file's "
-                             "name, else the swept keys.")
-    parser.add_argument("--out", type=str | None, default=None,
-                        help="Sweep folder (default: runs/<name> in the current directory).")
-    parser.add_argument("--dry_run", "--dry-run", action="store_true",
-                        help="List the validated points (and which have finished) and exit.")
-    parser.add_argument("--progress", type=bool, default=True, help="Show a progress bar.")
-    parser.add_argument("--fn", type=str, default=DEFAULT_FN,
-                        help="The point function, module:function, taking an "
-                             "ExperimentConfig and returning flat metrics.")
-    parser.add_class_arguments(ExperimentConfig, None)
-    return parser
+
+    def extra(parser: Any) -> None:
+        parser.add_argument("words", nargs="*", default=[],
+                            help="Sweep words key=v1,v2 (see above).")
+        parser.add_argument("--sweep", type=list[str], default=[],
+                            help="Sweep words from a config file; command-line words come "
+                                 "after and replace axes of the same key.")
+        parser.add_argument("--name", type=str | None, default=None,
+                            help="Sweep name (folder runs/<name>); default: the config file's "
+                                 "name, else the swept keys.")
+        parser.add_argument("--out", type=str | None, default=None,
+                            help="Sweep folder (default: runs/<name> in the current "
+                                 "directory).")
+        parser.add_argument("--dry_run", "--dry-run", action="store_true",
+                            help="List the validated points (and which have finished) and "
+                                 "exit.")
+        parser.add_argument("--progress", type=bool, default=True, help="Show a progress bar.")
+        parser.add_argument("--fn", type=str, default=DEFAULT_FN,
+                            help="The point function, module:function, taking an "
+                                 "ExperimentConfig and returning flat metrics.")
+
+    return cli.build_parser(
+        ExperimentConfig, "python -m tome_lab.ablate",
+        __doc__.split("\n\n")[0] + "\n\n" + GRAMMAR.format(short=short), extra=extra)
 
 
 def _sweep_name(args: Any, points: Sequence[Point]) -> str:

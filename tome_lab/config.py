@@ -1,15 +1,24 @@
-"""Typed, frozen configurations, validated on construction.
+"""Typed, frozen configurations, validated on construction, shared by every command.
 
 A bad value fails here, with a ``ValueError`` naming it and the valid choices, not deep inside
-a forward pass.
+a forward pass. The sections (``ModelConfig``, ``DataConfig``, ``ToMeConfig``, ``EvalConfig``,
+``TrainConfig``) are the same in every command; a command's configuration is a dataclass whose
+fields are sections (``ExperimentConfig`` for ``evaluate`` and ``ablate``, ``TrainRunConfig``
+for ``train``), so a flag such as ``--tome.r`` means the same thing everywhere.
+:func:`to_dict`, :func:`from_dict` and :func:`config_hash` turn any of them into plain data and
+back, and hash the resolved configuration.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import inspect
+import json
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from tome_lab.merge import DISTANCES
 
@@ -144,6 +153,35 @@ class ToMeConfig:
 
 
 _DTYPES = ("fp32", "bf16", "fp16")
+_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
+
+
+def _check_device(device: Any) -> None:
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; a torch device such as cpu, cuda, "
+                         f"cuda:1, mps") from None
+
+
+def _check_backend(backend: Any) -> None:
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown compile_backend {backend!r}; valid: {', '.join(_BACKENDS)}")
+
+
+def _check_int(owner: str, name: str, value: Any, low: int, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        extra = "None or " if none_ok else ""
+        raise ValueError(f"{owner}.{name} must be {extra}an int >= {low}, got {value!r}")
+
+
+def _check_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -167,29 +205,39 @@ class ModelConfig:
             raise ValueError(f"model name must be a non-empty string, got {self.name!r}")
 
 
+SPLITS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Which images to evaluate on.
+    """Which images to use.
 
     Attributes:
         name: a dataset registered in ``tome_lab.registry.DATASETS``.
         path: root folder for ``imagefolder``.
-        split: ``val`` (held-out) or ``train``.
-        batch_size: images per batch.
-        num_workers: DataLoader workers.
-        limit: evaluate at most this many images (None: all).
+        split: ``test`` (held out: every reported number comes from it), ``val`` (carved
+            from the training data, for choices made during training or a search) or
+            ``train`` (the rest of the training data).
+        batch_size: images per evaluation batch.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        pin_memory: page-locked host batches for faster copies to a GPU (None: when the
+            device is CUDA).
+        limit: use at most this many images of the split (a seeded subset; None: all).
     """
 
     name: str = "mnist5k"
     path: str | None = None
-    split: str = "val"
+    split: str = "test"
     batch_size: int = 250
     num_workers: int = 0
+    pin_memory: bool | None = None
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {self.split!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
+        if self.pin_memory is not None and not isinstance(self.pin_memory, bool):
+            raise ValueError(f"pin_memory must be None, True or False, got {self.pin_memory!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -207,7 +255,12 @@ class EvalConfig:
         dtype: ``fp32``, or ``bf16`` / ``fp16`` autocast.
         threads: torch CPU threads (None: torch's default).
         speed: also measure img/s against the unmerged model.
-        speed_batches: timed batches per setting for img/s.
+        speed_batches: timed batches per setting for img/s (after the warm-up).
+        speed_warmup: untimed batches per setting before timing starts.
+        compile: ``torch.compile`` the unmerged and the merged model before scoring and
+            timing them.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` and
+            ``aot_eager`` trace without generating code, for quick checks).
     """
 
     device: str = "cpu"
@@ -215,22 +268,182 @@ class EvalConfig:
     threads: int | None = None
     speed: bool = True
     speed_batches: int = 3
+    speed_warmup: int = 1
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
+        _check_device(self.device)
         if self.dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(_DTYPES)}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be None or an int >= 1, got {self.threads!r}")
-        if not isinstance(self.speed_batches, int) or self.speed_batches < 1:
-            raise ValueError(f"speed_batches must be an int >= 1, got {self.speed_batches!r}")
+        _check_int("eval", "threads", self.threads, 1, none_ok=True)
+        _check_int("eval", "speed_batches", self.speed_batches, 1)
+        _check_int("eval", "speed_warmup", self.speed_warmup, 0)
+        for name in ("speed", "compile"):
+            _check_bool("eval", name, getattr(self, name))
+        _check_backend(self.compile_backend)
+
+
+_TEACHERS = ("cnn", "none")
+_SELECT = ("best", "last")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the ``train`` section). The defaults are the zoo model's recipe.
+
+    Attributes:
+        epochs: passes over the ``train`` split.
+        batch_size: images per optimisation step.
+        lr: peak AdamW learning rate, reached after ``warmup_epochs``, then cosine decay.
+        min_lr: the learning rate at the end of the cosine.
+        warmup_epochs: linear warm-up length.
+        weight_decay: AdamW decoupled weight decay; norms, biases, the position embedding
+            and the prefix tokens are never decayed.
+        label_smoothing: on the class-token loss (DeiT uses 0.1).
+        drop_path: stochastic depth rate, from scratch and when fine-tuning alike.
+        augment: random shifts, rotations and scaling of every training batch.
+        teacher: ``cnn`` (train a small CNN first, hard-label distillation through the
+            distillation token) or ``none``.
+        teacher_epochs: epochs of the CNN teacher.
+        teacher_lr: peak learning rate of the CNN teacher.
+        select: ``best``: keep the weights (student and teacher alike) with the highest
+            top-1 on the ``val`` split, checked every ``eval_every`` epochs and after the
+            last; ``last``: keep the last. The ``test`` split is never looked at.
+        eval_every: ``val`` top-1 every this many epochs (and after the last).
+        device: torch device to train on (``cpu``, ``cuda``, ``cuda:1``, ...).
+        dtype: ``fp32``, or ``bf16`` / ``fp16`` autocast (fp16 with a gradient scaler).
+        channels_last: channels-last memory format for the model and its input.
+        compile: ``torch.compile`` the model for the training steps.
+        compile_backend: the ``torch.compile`` backend.
+        threads: torch CPU threads (None: torch's default).
+        max_steps: stop after this many steps (tests and smoke runs); None: full epochs.
+        speed_steps: timed steps per setting for the training img/s with and without
+            merging (0: skip).
+        output: where to write the safetensors checkpoint (a JSON record goes beside it).
+        progress: show progress bars.
+    """
+
+    epochs: int = 36
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    drop_path: float = 0.05
+    augment: bool = True
+    teacher: str = "cnn"
+    teacher_epochs: int = 12
+    teacher_lr: float = 3e-3
+    select: str = "best"
+    eval_every: int = 4
+    device: str = "cpu"
+    dtype: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    threads: int | None = None
+    max_steps: int | None = None
+    speed_steps: int = 5
+    output: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.teacher not in _TEACHERS:
+            raise ValueError(f"unknown teacher {self.teacher!r}; valid: {', '.join(_TEACHERS)}")
+        if self.select not in _SELECT:
+            raise ValueError(f"unknown select {self.select!r}; valid: {', '.join(_SELECT)}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(_DTYPES)}")
+        _check_device(self.device)
+        _check_backend(self.compile_backend)
+        for name in ("epochs", "batch_size", "eval_every"):
+            _check_int("train", name, getattr(self, name), 1)
+        for name in ("teacher_epochs", "speed_steps"):
+            _check_int("train", name, getattr(self, name), 0)
+        _check_int("train", "max_steps", self.max_steps, 1, none_ok=True)
+        _check_int("train", "threads", self.threads, 1, none_ok=True)
+        for name in ("augment", "channels_last", "compile", "progress"):
+            _check_bool("train", name, getattr(self, name))
+        for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing",
+                     "drop_path", "teacher_lr"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"train.{name} must be a number >= 0, got {v!r}")
+        if self.lr <= 0 or self.teacher_lr <= 0:
+            raise ValueError(f"train.lr and train.teacher_lr must be > 0, got {self.lr!r}, "
+                             f"{self.teacher_lr!r}")
+        if not 0 <= self.drop_path < 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"train.drop_path and train.label_smoothing must be in [0, 1), got "
+                             f"{self.drop_path!r}, {self.label_smoothing!r}")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The throughput bench's own fields (the ``bench`` section).
+
+    Attributes:
+        r: the r values to time (one setting per matching and r).
+        matching: matching plug-ins to time, or ``[all]`` for every registered one.
+        batch_size: images per timed batch (random input of the model's size).
+        channels_last: channels-last memory format for the model and its input.
+        memory: also report each setting's peak memory of one forward: on CUDA the peak
+            allocated by torch, on the CPU the growth of the peak resident set size of a
+            fresh process (one per setting).
+        json: write the rows as JSON to this path (``-``: stdout).
+        csv: write the rows as CSV to this path.
+        progress: show a progress bar.
+    """
+
+    r: tuple[int, ...] = (0, 8, 16)
+    matching: tuple[str, ...] = ("bipartite",)
+    batch_size: int = 32
+    channels_last: bool = False
+    memory: bool = False
+    json: str | None = None
+    csv: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from tome_lab.registry import MATCHING
+
+        r = (self.r,) if isinstance(self.r, int) else tuple(self.r)
+        if not r or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                            for v in r):
+            raise ValueError(f"bench.r must be ints >= 0, got {self.r!r}")
+        _plugins()
+        matching = (self.matching,) if isinstance(self.matching, str) else tuple(self.matching)
+        if tuple(matching) == ("all",):
+            matching = tuple(m for m in MATCHING.names() if m != "none")
+        if not matching:
+            raise ValueError("bench.matching is empty; give plug-in names or [all]")
+        object.__setattr__(self, "r", r)
+        object.__setattr__(self, "matching", tuple(MATCHING.canonical(m) for m in matching))
+        _check_int("bench", "batch_size", self.batch_size, 1)
+        for name in ("channels_last", "memory", "progress"):
+            _check_bool("bench", name, getattr(self, name))
+
+
+def _check_seed(seed: Any) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an int, got {seed!r}")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One point of a sweep: a model with a ToMe setting evaluated on a dataset.
+    """One point of a sweep, and ``evaluate``'s configuration: a model with a ToMe setting
+    evaluated on a dataset.
 
     The default ToMe setting is r=4 because the default model is the embedded ``vit_digits``
     (66 tokens, 12 blocks): r=4 merges 48 of them, as r=16 merges 192 of DeiT's 197.
+
+    Attributes:
+        model: which network.
+        data: which images (the ``test`` split by default).
+        tome: how to merge tokens.
+        eval: where and how to run and time.
+        seed: seeds torch (random weights, a random partition or matcher) and the loader.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -238,3 +451,120 @@ class ExperimentConfig:
     tome: ToMeConfig = field(default_factory=lambda: ToMeConfig(r=4))
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_seed(self.seed)
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """``train``'s configuration: the sections of :class:`ExperimentConfig` plus ``train``.
+
+    A sweep point's ``config.yaml`` loads unchanged: its model and ToMe sections say what to
+    train and how to merge while training, its data section which dataset (training uses its
+    ``train`` split, choices use ``val``, the final numbers come from ``data.split``), its
+    eval section how the trained model is finally evaluated.
+
+    Attributes:
+        model: the network; ``checkpoint`` (or ``pretrained``) fine-tunes from weights,
+            otherwise training starts from random weights.
+        data: the dataset; ``split`` is where the final numbers come from (``test``).
+        tome: merging while training (``r=0``: off) and in the final evaluation.
+        eval: how the trained model is finally evaluated.
+        train: the training recipe and where it runs.
+        seed: seeds weights, shuffling, augmentation and dropout.
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(pretrained=False))
+    data: DataConfig = field(default_factory=DataConfig)
+    tome: ToMeConfig = field(default_factory=lambda: ToMeConfig(r=0))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(speed=False))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_seed(self.seed)
+        if self.data.split == "train":
+            raise ValueError("data.split is where a training run's final numbers come from: "
+                             "'test' (or 'val'), not the 'train' split it learns from")
+
+
+@dataclass(frozen=True)
+class BenchRunConfig:
+    """``bench``'s configuration: a model, ToMe knobs, how to run, and the settings to time.
+
+    Every setting is ``tome`` with the setting's ``matching`` and ``r`` (from ``bench``), so
+    ``--tome.prop_attn false`` or a plug-in option applies to all of them.
+
+    Attributes:
+        model: the network (random weights by default: speed does not depend on them).
+        tome: ToMe knobs shared by every setting (``r`` and ``matching`` come from ``bench``).
+        eval: device, dtype, threads, timed and warm-up batches, compile.
+        bench: the settings to time and where to write the rows.
+    """
+
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="deit_small_patch16_224", pretrained=False))
+    tome: ToMeConfig = field(default_factory=lambda: ToMeConfig(r=0))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(speed_batches=5,
+                                                                speed_warmup=2))
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        if self.tome.r != 0 or self.tome.matching != "bipartite":
+            raise ValueError("the bench times the r values of bench.r and the plug-ins of "
+                             "bench.matching; give them there, not in tome.r / tome.matching")
+
+
+# --------------------------------------------------------------------------- plain data, hash
+
+C = TypeVar("C")
+
+
+def to_dict(cfg: Any) -> Any:
+    """A configuration as plain YAML/JSON-able data (dataclasses and mappings to dicts,
+    tuples to lists)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, Mapping):
+        return {str(k): to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Builds (and so validates) a configuration ``cls`` from :func:`to_dict` data.
+
+    Missing fields take their defaults; a section is built recursively.
+
+    Raises:
+        ValueError: an unknown field (the valid ones are named), or a value the
+            configuration classes reject.
+    """
+    owner = cls.__name__
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{owner} takes a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    extra = sorted(set(data) - set(known))
+    if extra:
+        raise ValueError(f"unknown {owner} field(s) {extra}; valid: {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = from_dict(hint, value if value is not None else {})
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # e.g. a section given a scalar
+        raise ValueError(f"{owner}: {err}") from None
+
+
+def config_hash(cfg: Any) -> str:
+    """A short, stable hash of a resolved configuration (12 hex digits)."""
+    text = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

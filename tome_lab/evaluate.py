@@ -12,89 +12,189 @@ and behind every point of an ablation sweep. Its result is flat (one value per k
 ``img_per_s_base``  unmerged model, timed interleaved with the patched one in the same run
 ``speedup``         ``img_per_s / img_per_s_base`` (None when ``cfg.eval.speed`` is False)
 ``tokens``          tokens leaving each block (list)
-``model``, ``r``, ``matching``, ``schedule``, ``prop_attn``, ``dataset``, ``device``,
-``dtype``, ``threads``, ``seed``  what was run
+``model``, ``r``, ``matching``, ``schedule``, ``prop_attn``, ``dataset``, ``split``,
+``device``, ``dtype``, ``compile``, ``threads``, ``seed``  what was run
 =================  ==========================================================================
 
-Timing interleaves the two models batch by batch after a warm-up of each, so a shared, noisy
-machine slows both alike and the ratio stays meaningful (the ToMe paper's throughput is also a
-ratio taken on one machine).
+Timing interleaves the two models batch by batch after a warm-up of each
+(:func:`tome_lab.runtime.interleaved_times`), so a shared, noisy machine slows both alike and
+the ratio stays meaningful. With ``cfg.eval.compile`` both models are ``torch.compile``-d
+before scoring and timing; GFLOPs are counted on the eager models (the same computation).
+
+The command line takes every field of :class:`~tome_lab.config.ExperimentConfig`, so the
+``config.yaml`` of any sweep point runs unchanged: ``python -m tome_lab.evaluate --config
+runs/matching/<point>/config.yaml``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from tome_lab.bench import autocast
-from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
+from tome_lab import cli
+from tome_lab.config import ExperimentConfig
 from tome_lab.data import build_loader, model_data_config, progress
+from tome_lab.runtime import autocast, compile_model, interleaved_times, throughput
+
+PROG = "python -m tome_lab.evaluate"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def _timed(model: nn.Module, x: Tensor, device: torch.device, dtype: str) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    with autocast(device, dtype):
-        model(x)
-    _sync(device)
-    return time.perf_counter() - t
-
-
-def measure_speed(base: nn.Module, merged: nn.Module, x: Tensor, batches: int,
-                  device: torch.device, dtype: str) -> dict[str, float]:
+def measure_speed(base: nn.Module, merged: nn.Module, x: torch.Tensor, batches: int,
+                  device: torch.device | str, dtype: str, warmup: int = 1) -> dict[str, float]:
     """img/s of ``base`` and ``merged`` on batch ``x``, interleaved, median of ``batches``.
 
     Args:
         base: the unmerged model.
         merged: the ToMe-patched model.
         x: [B, C, H, W] a batch on ``device``.
-        batches: timed batches per model (after one warm-up batch each).
+        batches: timed batches per model.
         device: where the models run (CUDA is synchronised around each batch).
         dtype: ``fp32`` or an autocast dtype name.
+        warmup: untimed batches per model first.
+
+    Returns:
+        ``img_per_s`` (merged), ``img_per_s_base`` and ``speedup`` (base time / merged time).
     """
-    _timed(base, x, device, dtype), _timed(merged, x, device, dtype)  # warm-up
-    times: dict[str, list[float]] = {"base": [], "tome": []}
-    for _ in progress(range(batches), "speed"):
-        times["base"].append(_timed(base, x, device, dtype))
-        times["tome"].append(_timed(merged, x, device, dtype))
-    b, t = statistics.median(times["base"]), statistics.median(times["tome"])
-    return {"img_per_s": len(x) / t, "img_per_s_base": len(x) / b, "speedup": b / t}
+
+    def forward(m: nn.Module) -> Any:
+        def call() -> None:
+            with torch.no_grad(), autocast(device, dtype):
+                m(x)
+        return call
+
+    bar = progress(range((warmup + batches) * 2), "speed")
+    times = interleaved_times({"base": forward(base), "tome": forward(merged)}, batches,
+                              warmup, device, on_step=lambda: next(bar, None))
+    out = throughput(times, len(x), base="base")
+    return {"img_per_s": out["tome"]["img_per_s"], "img_per_s_base": out["base"]["img_per_s"],
+            "speedup": out["tome"]["speedup"]}
 
 
 @torch.no_grad()
-def score(model: nn.Module, loader: Any, device: torch.device, dtype: str,
-          desc: str = "eval") -> dict[str, float]:
-    """Top-1 / top-5 (percent) and the number of images of ``model`` over ``loader``."""
+def score(model: nn.Module, loader: Any, device: torch.device | str, dtype: str = "fp32",
+          desc: str = "eval", progress_bar: bool = True) -> dict[str, Any]:
+    """Top-1 / top-5 (percent) and the number of images of ``model`` over ``loader``.
+
+    The one scoring function of tome_lab: the evaluator, training's selection on ``val`` and
+    its final numbers all use it. The model is put in eval mode (and put back).
+
+    Args:
+        model: maps [B, C, H, W] images to [B, classes] logits.
+        loader: yields ``(images [B, C, H, W], labels [B])``.
+        device: where to run.
+        dtype: ``fp32`` or an autocast dtype name.
+        desc: the progress bar's label.
+        progress_bar: show it.
+
+    Raises:
+        ValueError: the loader yielded no images.
+    """
+    was = model.training
+    model.eval()
     correct1 = correct5 = n = 0
-    for x, y in progress(loader, desc):
+    for x, y in progress(loader, desc, enabled=progress_bar):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with autocast(device, dtype):
-            logits = model(x)
+            logits = model(x)  # (B, classes)
         k = min(5, logits.shape[-1])
-        top = logits.topk(k, dim=-1).indices  # (B, k)
-        hit = top == y[:, None]
+        hit = logits.topk(k, dim=-1).indices == y[:, None]  # (B, k)
         correct1 += int(hit[:, 0].sum())
         correct5 += int(hit.any(-1).sum())
         n += len(y)
+    model.train(was)
     if n == 0:
         raise ValueError("the data loader yielded no images")
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "n_images": n}
+
+
+@dataclass
+class Prepared:
+    """Everything built before anything is measured (so bad input fails here, fast)."""
+
+    cfg: ExperimentConfig
+    base: nn.Module
+    merged: nn.Module
+    loader: Any
+    device: torch.device
+    gflops: float
+    gflops_base: float
+
+
+# The unmerged model, loader, input size and GFLOPs of the last (model, data, seed, device)
+# built here: consecutive points of a sweep or trials of a search share them.
+_BUILT: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def prepare(cfg: ExperimentConfig, model: nn.Module | None = None) -> Prepared:
+    """Builds the model (or takes ``model``), the loader and the patched copy; counts FLOPs.
+
+    Raises:
+        ValueError: an unknown model, dataset or setting; data that does not fit the model.
+        FileNotFoundError: a missing checkpoint or data path.
+    """
+    import tome_lab
+    from tome_lab.models import create_model
+
+    if cfg.eval.threads is not None:
+        torch.set_num_threads(cfg.eval.threads)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.eval.device)
+    key = (cfg.model, cfg.data, cfg.seed, str(device))
+    if model is None and key in _BUILT:  # a sweep or a search: one model build per process
+        base, loader, input_size, gflops_base = _BUILT[key]
+    else:
+        base = (create_model(cfg.model) if model is None else model).eval()
+        loader = build_loader(cfg.data, base, seed=cfg.seed, device=device)
+        input_size = tuple(model_data_config(base)["input_size"])
+        if tome_lab.tome_state(base) is not None:  # patched: its unpatched self is the base
+            base = copy.deepcopy(base)
+            tome_lab.remove_tome(base)
+        gflops_base = tome_lab.count_flops(base, input_size)
+        if model is None:
+            _BUILT.clear()  # keep one: the model and data of the last configuration
+            _BUILT[key] = (base, loader, input_size, gflops_base)
+    torch.manual_seed(cfg.seed)  # random matchers see the same stream, built now or cached
+    merged = tome_lab.apply_config(copy.deepcopy(base), cfg.tome)
+    gflops = tome_lab.count_flops(merged, input_size)
+    return Prepared(cfg, base.to(device), merged.to(device), loader, device, gflops,
+                    gflops_base)
+
+
+def measure(p: Prepared) -> dict[str, Any]:
+    """Scores and times a :func:`prepare`-d evaluation; returns the flat result."""
+    import tome_lab
+
+    cfg = p.cfg
+    base, merged = p.base, p.merged
+    if cfg.eval.compile:
+        base = compile_model(p.base, cfg.eval.compile_backend)
+        merged = compile_model(p.merged, cfg.eval.compile_backend)
+    result: dict[str, Any] = score(merged, p.loader, p.device, cfg.eval.dtype)
+    x = next(iter(p.loader))[0].to(p.device)
+    with torch.no_grad(), autocast(p.device, cfg.eval.dtype):
+        p.merged(x[:1])  # one eager forward leaves the tokens per block in the ToMe state
+    tokens = list(tome_lab.tome_state(p.merged).tokens)
+    speed: dict[str, Any] = {"img_per_s": None, "img_per_s_base": None, "speedup": None}
+    if cfg.eval.speed:
+        speed = measure_speed(base, merged, x, cfg.eval.speed_batches, p.device,
+                              cfg.eval.dtype, cfg.eval.speed_warmup)
+    tome = cfg.tome
+    return {
+        **result, "gflops": p.gflops, "gflops_base": p.gflops_base, **speed, "tokens": tokens,
+        "model": cfg.model.name, "dataset": cfg.data.name, "split": cfg.data.split,
+        "r": list(tome.r) if isinstance(tome.r, tuple) else tome.r, "matching": tome.matching,
+        "schedule": tome.schedule, "prop_attn": tome.prop_attn, "device": str(p.device),
+        "dtype": cfg.eval.dtype, "compile": cfg.eval.compile,
+        "threads": torch.get_num_threads(), "seed": cfg.seed,
+    }
 
 
 def evaluate(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -106,34 +206,7 @@ def evaluate(cfg: ExperimentConfig) -> dict[str, Any]:
     Returns:
         The flat dict described in this module's docstring.
     """
-    import tome_lab
-    from tome_lab.models import create_model
-
-    if cfg.eval.threads is not None:
-        torch.set_num_threads(cfg.eval.threads)
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.eval.device)
-    base = create_model(cfg.model).to(device)
-    loader = build_loader(cfg.data, base, seed=cfg.seed)
-    input_size = tuple(model_data_config(base)["input_size"])
-    gflops_base = tome_lab.count_flops(base, input_size)
-    merged = tome_lab.apply_config(copy.deepcopy(base), cfg.tome)
-    gflops = tome_lab.count_flops(merged, input_size)
-
-    result: dict[str, Any] = score(merged, loader, device, cfg.eval.dtype)
-    tokens = list(tome_lab.tome_state(merged).tokens)
-    speed: dict[str, Any] = {"img_per_s": None, "img_per_s_base": None, "speedup": None}
-    if cfg.eval.speed:
-        x = next(iter(loader))[0].to(device)
-        speed = measure_speed(base, merged, x, cfg.eval.speed_batches, device, cfg.eval.dtype)
-    tome = cfg.tome
-    return {
-        **result, "gflops": gflops, "gflops_base": gflops_base, **speed, "tokens": tokens,
-        "model": cfg.model.name, "dataset": cfg.data.name, "split": cfg.data.split,
-        "r": list(tome.r) if isinstance(tome.r, tuple) else tome.r, "matching": tome.matching,
-        "schedule": tome.schedule, "prop_attn": tome.prop_attn, "device": str(device),
-        "dtype": cfg.eval.dtype, "threads": torch.get_num_threads(), "seed": cfg.seed,
-    }
+    return measure(prepare(cfg))
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -150,73 +223,41 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in result.items())
 
 
-def _parser() -> argparse.ArgumentParser:
-    m, d, t, e = ModelConfig(), DataConfig(), ToMeConfig(), EvalConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m tome_lab.evaluate",
-        description="Evaluate one model with one ToMe setting: top-1/top-5, GFLOPs, img/s "
-                    "and speed-up against the unmerged model, tokens after each block. With no "
-                    "arguments: the embedded vit_digits on mnist5k's held-out 1,000 digits.")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=m.name, help="timm model name")
-    g.add_argument("--checkpoint", default=None, help=".safetensors or torch state dict")
-    g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="random weights (speed-only runs)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=d.name, help="mnist5k, digits, imagefolder, synthetic")
-    g.add_argument("--data-path", default=None, help="root folder for imagefolder")
-    g.add_argument("--split", default=d.split, choices=("train", "val"))
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--workers", type=int, default=d.num_workers)
-    g.add_argument("--limit", type=int, default=None, help="score at most this many images")
-    g = p.add_argument_group("ToMe")
-    g.add_argument("-r", "--r", type=int, nargs="+", default=[4],
-                   help="tokens merged per block, or one value per block (default 4 for the "
-                        "embedded model; 0 turns merging off)")
-    g.add_argument("--matching", default=t.matching)
-    g.add_argument("--schedule", default=t.schedule)
-    g.add_argument("--prop-attn", action=argparse.BooleanOptionalAction, default=t.prop_attn)
-    g = p.add_argument_group("run")
-    g.add_argument("--device", default=e.device)
-    g.add_argument("--dtype", default=e.dtype, choices=("fp32", "bf16", "fp16"))
-    g.add_argument("--threads", type=int, default=None)
-    g.add_argument("--no-speed", dest="speed", action="store_false", help="skip timing")
-    g.add_argument("--speed-batches", type=int, default=e.speed_batches)
-    g.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
-    return p
+ALIASES: dict[str, cli.Alias] = {**cli.MODEL_ALIASES, **cli.DATA_ALIASES, **cli.TOME_ALIASES,
+                                 **cli.EVAL_ALIASES, "--batch-size": "--data.batch_size"}
+
+DESCRIPTION = """\
+Evaluate one model with one ToMe setting: top-1/top-5, GFLOPs, img/s and speed-up against the
+unmerged model, tokens after each block. With no arguments: the embedded vit_digits on
+mnist5k's 1,000 held-out test digits at r=4. Every ToMe setting of a sweep is reachable, e.g.
+--tome.schedule flops --tome.options.gflops 0.09; --config takes a sweep point's config.yaml.
+Exit status: 0 ok, 2 bad input (flags, values, names, paths, data), 1 a crash."""
 
 
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    """The ``ExperimentConfig`` a parsed command line describes (raises ``ValueError``)."""
-    r: int | tuple[int, ...] = args.r[0] if len(args.r) == 1 else tuple(args.r)
-    return ExperimentConfig(
-        model=ModelConfig(name=args.model, checkpoint=args.checkpoint,
-                          pretrained=args.pretrained),
-        data=DataConfig(name=args.data, path=args.data_path, split=args.split,
-                        batch_size=args.batch_size, num_workers=args.workers, limit=args.limit),
-        tome=ToMeConfig(r=r, matching=args.matching, schedule=args.schedule,
-                        prop_attn=args.prop_attn),
-        eval=EvalConfig(device=args.device, dtype=args.dtype, threads=args.threads,
-                        speed=args.speed, speed_batches=args.speed_batches),
-        seed=args.seed,
-    )
+def build_parser() -> Any:
+    """The jsonargparse parser: every ExperimentConfig field, ``--json``."""
+
+    def extra(parser: Any) -> None:
+        parser.add_argument("--json", action="store_true",
+                            help="Print the result as one JSON line instead of a table.")
+
+    return cli.build_parser(ExperimentConfig, PROG, DESCRIPTION, ALIASES, extra)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The command line: exit status 2 for a bad setting, the table (or JSON) on stdout."""
-    p = _parser()
-    args = p.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        result = evaluate(cfg)
-    except ValueError as e:  # bad names, paths, classes: a usage error, not a crash
-        p.error(str(e))
-    except FileNotFoundError as e:
-        p.error(str(e))
-    print(json.dumps(result) if args.json else format_table(result), file=sys.stdout)
-    return result
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: the table (or JSON) on stdout; returns the exit status."""
+
+    def body() -> int:
+        cfg, ns = cli.parse(build_parser(), ExperimentConfig, argv, ALIASES)
+        with cli.setting_up():
+            prepared = prepare(cfg)
+        with cli.running():
+            result = measure(prepared)
+        print(json.dumps(result) if ns.json else format_table(result), file=sys.stdout)
+        return 0
+
+    return cli.run(PROG, body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -58,7 +58,13 @@ def now() -> str:
 # --------------------------------------------------------------------------- atomic writes
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Writes ``text`` to ``path`` via a temporary file and a rename (atomic on POSIX).
+    """Writes ``text`` (UTF-8) to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Writes ``data`` to ``path`` via a temporary file and a rename (atomic on POSIX): the
+    one atomic writer (results, tables, checkpoints).
 
     Returns:
         The path written.
@@ -70,8 +76,8 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
         # mkstemp makes the file 0600; results are for collaborators on shared storage, so
         # give it the mode a plain open() would (0666 less the umask).
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

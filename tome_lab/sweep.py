@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import importlib
 import inspect
 import itertools
@@ -40,7 +39,16 @@ from typing import Any
 
 import yaml
 
-from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
+from tome_lab.config import (
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    ModelConfig,
+    ToMeConfig,
+    config_hash,
+    from_dict,
+    to_dict,
+)
 
 # The sub-configurations of an ExperimentConfig, by field name.
 SECTIONS: dict[str, type] = {
@@ -105,16 +113,10 @@ class Point:
 
 
 # --------------------------------------------------------------------------- configuration dicts
+# (De)serialisation and hashing live with the configuration (tome_lab.config); these names
+# stay for the sweep's callers.
 
-def config_to_dict(cfg: Any) -> Any:
-    """A dataclass configuration as plain JSON-able data (mappings to dicts, tuples to lists)."""
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, Mapping):
-        return {str(k): config_to_dict(v) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return [config_to_dict(v) for v in cfg]
-    return cfg
+config_to_dict = to_dict
 
 
 def config_from_dict(d: Mapping[str, Any]) -> ExperimentConfig:
@@ -123,33 +125,7 @@ def config_from_dict(d: Mapping[str, Any]) -> ExperimentConfig:
     Raises:
         ValueError: a field is unknown or a value is rejected by the configuration classes.
     """
-    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    extra = set(d) - known
-    if extra:
-        raise ValueError(f"unknown configuration section(s) {sorted(extra)}; valid: "
-                         f"{', '.join(sorted(known))}")
-    kwargs: dict[str, Any] = {}
-    for name, value in d.items():
-        cls = SECTIONS.get(name)
-        if cls is None:
-            kwargs[name] = value
-            continue
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = set(value) - fields
-        if bad:
-            raise ValueError(f"unknown {name} field(s) {sorted(bad)}; valid: "
-                             f"{', '.join(sorted(fields))}")
-        kwargs[name] = cls(**value)
-    seed = kwargs.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    return ExperimentConfig(**kwargs)
-
-
-def config_hash(cfg: ExperimentConfig) -> str:
-    """A short, stable hash of the resolved configuration (12 hex digits)."""
-    text = json.dumps(config_to_dict(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return from_dict(ExperimentConfig, d)
 
 
 # --------------------------------------------------------------------------- keys

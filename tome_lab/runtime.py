@@ -1,0 +1,94 @@
+"""Running and timing models: the one autocast helper and the one interleaved timer.
+
+Every command that times models (``bench``, ``evaluate``, ``train``) goes through
+:func:`interleaved_times`: after ``warmup`` untimed calls of each, every repeat calls each
+function once in turn, so drift in a shared machine's speed hits all alike; figures are the
+median over repeats (the ToMe paper's throughput is also a ratio taken on one machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
+                                         "fp16": torch.float16}
+
+K = TypeVar("K")
+
+
+def autocast(device: torch.device | str, dtype: str) -> contextlib.AbstractContextManager:
+    """The context that runs a forward in ``dtype`` (``fp32``: none; else autocast).
+
+    Raises:
+        ValueError: an unknown dtype name.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if DTYPES[dtype] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[dtype])
+
+
+def sync(device: torch.device | str) -> None:
+    """Waits for queued work on ``device`` (CUDA runs asynchronously; the CPU does not)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """``torch.compile(model)`` with ``backend``; the compiled module shares the weights."""
+    return torch.compile(model, backend=backend)  # type: ignore[return-value]
+
+
+def interleaved_times(fns: Mapping[K, Callable[[], Any]], repeats: int, warmup: int = 1,
+                      device: torch.device | str = "cpu",
+                      on_step: Callable[[], None] | None = None) -> dict[K, list[float]]:
+    """Seconds per call of each function, timed interleaved.
+
+    Args:
+        fns: name -> a function doing one timed unit of work (a forward, a training step).
+        repeats: timed calls per function.
+        warmup: untimed calls per function first (allocator, kernels, compilation).
+        device: synchronised around every call, so a CUDA call is timed to its end.
+        on_step: called after every call (e.g. a progress bar's update).
+
+    Returns:
+        name -> ``repeats`` durations, in seconds, in call order.
+
+    Raises:
+        ValueError: ``repeats < 1`` or ``warmup < 0``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    times: dict[K, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + repeats):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+            if on_step is not None:
+                on_step()
+    return times
+
+
+def throughput(times: Mapping[K, list[float]], batch: int, base: K) -> dict[K, dict[str, float]]:
+    """img/s (median over repeats) and speed-up over ``base`` for each timed function.
+
+    Args:
+        times: the output of :func:`interleaved_times`.
+        batch: images per call.
+        base: the key the speed-ups are relative to.
+    """
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {k: {"img_per_s": batch / t, "speedup": med[base] / t} for k, t in med.items()}
