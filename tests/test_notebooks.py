@@ -1,0 +1,54 @@
+"""The notebooks in analysis/ run top to bottom (smoke size) in a kernel of this environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[dev]' (nbformat)")
+nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[dev]' (nbclient)")
+
+ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+
+# notebook -> the figures it must write
+NOTEBOOKS = {
+    "results_overview.ipynb": ["overview_gflops.png", "overview_speed.png",
+                               "overview_tokens.png", "overview_ablation.png"],
+    "pareto_search.ipynb": ["pareto_search.png", "pareto_tradeoff.png", "pareto_heatmap.png"],
+    "merge_pictures.ipynb": ["merge_photos.png", "merge_digits.png"],
+}
+
+
+def test_every_notebook_is_listed():
+    assert sorted(p.name for p in ANALYSIS.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_committed_notebook_has_no_outputs(name):
+    nb = nbformat.read(ANALYSIS / name, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "strip the outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_executes(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOME_LAB_SMOKE", "1")
+    monkeypatch.setenv("TOME_LAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("TOME_LAB_FIGURES", str(tmp_path / "figures"))
+    nb = nbformat.read(ANALYSIS / name, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors
+    for fig in NOTEBOOKS[name]:
+        with Image.open(tmp_path / "figures" / fig) as im:
+            px = np.asarray(im.convert("RGB"), dtype=float)
+            assert im.text["Description"] == f"analysis/{name} ({fig})"
+        assert (np.abs(px - 255).sum(-1) > 30).mean() > 0.02, f"{fig} looks blank"
