@@ -81,6 +81,8 @@ SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it may start again (default 120).
+AuthInfo=cred_expire=30
 StateSaveLocation=$SPOOL/ctld
 SlurmdSpoolDir=$SPOOL/d
 SlurmctldPidFile=$RUN/slurmctld.pid
@@ -110,6 +112,9 @@ EOF
     if ! cmp -s "$tmp" "$CONF"; then
         install -m 644 "$tmp" "$CONF"
         say "wrote $CONF ($node)"
+        # daemons running with an older configuration: restart them with this one
+        stop_daemon slurmd "$RUN/slurmd.pid"
+        stop_daemon slurmctld "$RUN/slurmctld.pid"
     fi
     rm -f "$tmp"
 }

@@ -202,8 +202,9 @@ def test_local_failures_are_isolated_reported_and_relaunch_completes(tmp_path, c
 
 @pytest.mark.slow
 def test_local_timeout_requeues_and_finishes(tmp_path, control):
-    # 0.25 min limit, SIGUSR2 10 s before it: the hanging first attempt is requeued at ~5 s
-    cfg = LaunchConfig(launcher="local", time_min=0.25, signal_delay_s=10, poll_s=0.5)
+    # a 60 s limit, SIGUSR2 30 s before it (the job's handler is in place by then, even on a
+    # loaded machine): the hanging first attempt requeues at ~30 s, the second finishes
+    cfg = LaunchConfig(launcher="local", time_min=1, signal_delay_s=30, poll_s=0.5)
     launch_fns.timeout_scenario(tmp_path, cfg)
 
 

@@ -178,11 +178,24 @@ def same_identity(record: Mapping[str, Any], ident: Mapping[str, Any]) -> bool:
                                             for k in ("config", "fn", "checkpoint"))
 
 
+def _version(package: str) -> str | None:
+    """An installed package's version, without importing it (timm's import takes seconds)."""
+    import sys
+    from importlib import metadata
+
+    module = sys.modules.get(package)
+    if module is not None and hasattr(module, "__version__"):
+        return str(module.__version__)
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
     """Where and with what a result was made: git revision, versions, device, dtype, date."""
     import sys
 
-    import timm
     import torch
 
     import tome_lab
@@ -193,7 +206,7 @@ def environment(device: str | None = None, dtype: str | None = None) -> dict[str
         "git_dirty": dirty,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "timm": timm.__version__,
+        "timm": _version("timm"),
         "tome_lab": tome_lab.__version__,
         "device": device,
         "dtype": dtype,
