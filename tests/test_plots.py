@@ -258,3 +258,15 @@ def test_search_family_from_a_baseline_label_column():
     fig = plots.search_vs_baselines(df.drop(columns="method").assign(baseline=labels))
     names = {c.get_label() for c in fig.axes[0].containers}
     assert names == {"constant", f"search ({(df.method == 'search').sum()} schedules)"}
+
+
+def test_command_line_heatmap_of_an_explicit_list_column(tmp_path):
+    df = _search_table().rename(columns={"schedule": "tome.r"})
+    table = tmp_path / "lists.json"
+    table.write_text(json.dumps(df.to_dict("records"), default=list))
+    out = tmp_path / "h.png"
+    assert plots.main([str(table), "--preset", "heatmap", "--schedule", "tome.r", "--all",
+                       "-o", str(out)]) == 0
+    _assert_image(out)
+    assert plots.main([str(table), "--preset", "pareto", "--schedule", "tome.r", "-o",
+                       str(out)]) == 2

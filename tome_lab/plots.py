@@ -418,6 +418,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--x", help="x column (e.g. gflops, img_per_s, speedup)")
     parser.add_argument("--y", help="y column (e.g. top1)")
     parser.add_argument("--hue", help="colour column (e.g. tome.matching); 'none' for one")
+    parser.add_argument("--schedule", help="heat map: the column of per-layer r lists "
+                        "(default schedule; tome.r for explicit-list sweeps)")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("--no-frontier", action="store_true", help="no Pareto step line")
     parser.add_argument("--no-intervals", action="store_true", help="no error bars")
@@ -491,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind = args.kind or preset_kind
     opts = dict(preset_opts) if kind == preset_kind else {}
     accepted = set(inspect.signature(PLOTS[kind]).parameters) - {"df"}
-    given = {"x": args.x, "y": args.y, "title": args.title,
+    given = {"x": args.x, "y": args.y, "title": args.title, "schedule": args.schedule,
              ("method" if kind == "search" else "hue"): args.hue,
              "frontier": False if args.no_frontier else None,
              "intervals": False if args.no_intervals else None,
