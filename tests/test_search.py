@@ -1,0 +1,396 @@
+"""The schedule search (tome_lab.search): space, baselines, constraint, storage, resume, frontier.
+
+Most tests use :func:`fake_point`, a point function whose top-1 is a known function of the
+schedule, so the search logic is tested in seconds; one runs the real evaluator on the
+embedded model with a data limit, and checks that pareto.yaml feeds back into it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+import tome_lab
+from tome_lab import results
+from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ToMeConfig, from_dict
+from tome_lab.flops import analytic_gflops, tokens_per_layer
+from tome_lab.search import (
+    SearchConfig,
+    baselines,
+    budget_used,
+    create_study,
+    dominates,
+    effective,
+    hypervolume,
+    is_stale,
+    model_spec,
+    open_storage,
+    run_worker,
+    run_workers,
+    search,
+    storage_spec,
+)
+
+# pytest puts tests/ on sys.path (and spawned workers inherit it; the subprocesses get it
+# through PYTHONPATH), so the point functions below are importable as test_search:...
+FAKE = "test_search:fake_point"
+SLOW = "test_search:slow_point"
+EXP = ExperimentConfig(data=DataConfig(limit=32, batch_size=32),
+                       eval=EvalConfig(speed=False, threads=1))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_top1(r: tuple[int, ...], prop_attn: bool = True) -> float:
+    """A known accuracy: merging late costs less than merging early; plain attention -1."""
+    return 100.0 - sum(v * (12 - i) for i, v in enumerate(r)) / 40.0 - (not prop_attn)
+
+
+def fake_point(cfg: ExperimentConfig) -> dict:
+    """A point function with :func:`fake_top1` as its top-1 (and the split it was given)."""
+    return {"top1": fake_top1(cfg.tome.r, cfg.tome.prop_attn), "gflops": None,
+            "split": cfg.data.split, "device": "cpu", "dtype": "fp32", "pid": os.getpid()}
+
+
+def slow_point(cfg: ExperimentConfig) -> dict:
+    """:func:`fake_point` taking a while, so that a worker is caught mid-trial."""
+    time.sleep(1.0)
+    return fake_point(cfg)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return model_spec(EXP)
+
+
+def _scfg(tmp_path: Path, **kw) -> SearchConfig:
+    base = dict(name="t", trials=6, out=str(tmp_path), fn=FAKE, heartbeat_s=0.5, grace_s=30.0)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _study(scfg: SearchConfig) -> optuna.Study:
+    return optuna.load_study(study_name=scfg.study_name(EXP),
+                             storage=open_storage(storage_spec(scfg, scfg.study_name(EXP))))
+
+
+def _records(scfg: SearchConfig):
+    return results.load(Path(scfg.out) / scfg.study_name(EXP))
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(objectives=("top1", "flops")), "objectives"),
+    (dict(objectives=("top1", "top1")), "distinct"),
+    (dict(sampler="cmaes"), "valid: tpe, nsga2, random"),
+    (dict(knobs={"r": [1, 2]}), "cannot be searched"),
+    (dict(knobs={"matching": ["bipartite", "bipartit"]}), "bipartit"),
+    (dict(split="test"), "must not be scored"),
+    (dict(gflops_budget=0), "gflops_budget"),
+    (dict(trials=0), "trials"),
+    (dict(heartbeat_s=10, grace_s=5), "grace_s"),
+])
+def test_bad_search_config_names_the_problem(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**kw)
+
+
+# --------------------------------------------------------------------------- search space
+
+
+def test_baselines_are_the_papers_schedules(spec):
+    got = dict(baselines(spec))
+    # vit_digits: 64 patches + 2 prefix, 12 blocks; constant r=7 is the first to end on one
+    # unprotected token, decreasing r=6 likewise (tome_lab.flops.tokens_per_layer)
+    assert [k for k in got if k.startswith("constant")] == [f"constant r={r}" for r in range(8)]
+    assert [k for k in got if k.startswith("decreasing")] == [
+        f"decreasing r={r}" for r in range(1, 7)]
+    assert got["constant r=4"] == [4] * 12
+    assert got["decreasing r=3"] == [6, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
+    # clamped as the engine clamps: the same tokens per layer as the plain constant schedule
+    assert tokens_per_layer(spec, got["constant r=7"]) == tokens_per_layer(spec, [7] * 12)
+    assert got["constant r=7"] != [7] * 12
+    assert tokens_per_layer(spec, got["constant r=7"])[-1] == spec.num_prefix + 1
+
+
+def test_sampled_schedules_stay_within_the_tokens_left(tmp_path, spec):
+    scfg = _scfg(tmp_path, trials=30, sampler="random", baselines=False)
+    create_study(EXP, scfg)
+    run_worker(EXP, scfg)
+    study = _study(scfg)
+    scheds = [[t.params[f"r{i:02d}"] for i in range(12)] for t in study.trials]
+    assert len(scheds) == 30
+    # no entry is ever clamped (each r is at most half the unprotected tokens reaching it) ...
+    assert all(effective(spec, s) == s for s in scheds)
+    # ... and the space is used: some block merges its maximum, some merges nothing
+    n, hit_max = spec.num_tokens, False
+    for s in scheds:
+        n = spec.num_tokens
+        for v in s:
+            hit_max |= v > 0 and v == (n - spec.num_prefix) // 2
+            n -= v
+    assert hit_max and any(0 in s for s in scheds)
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def test_small_search_records_every_trial_and_its_baselines(tmp_path, spec):
+    scfg = _scfg(tmp_path, trials=20, sampler="tpe")
+    summary = search(EXP, scfg)
+    study = _study(scfg)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 20 == len(study.trials)
+    df = _records(scfg)
+    assert len(df) == 20 and set(df.status) == {"ok"} and set(df.split) == {"val"}
+    assert sorted(df.trial) == list(range(20))
+    for _, row in df.iterrows():
+        r = tuple(row["tome.r"])
+        assert row["objective.top1"] == pytest.approx(fake_top1(r))
+        assert row["gflops"] == pytest.approx(analytic_gflops(spec, r))
+    # every baseline is a trial of the study, with its own schedule, scored on val and test
+    labels = dict(baselines(spec))
+    got = {row.baseline: list(row["tome.r"]) for _, row in df.iterrows()
+           if isinstance(row.baseline, str)}
+    assert got == labels
+    assert len(summary["baselines"]) == len(labels)
+    for b in summary["baselines"]:
+        assert b["top1_test"] == pytest.approx(fake_top1(tuple(b["schedule"])))
+    test = results.load(Path(scfg.out) / f"{scfg.study_name(EXP)}-test")
+    assert set(test.split) == {"test"}
+
+
+def test_pareto_set_equals_the_brute_force_non_dominated_set(tmp_path, spec):
+    scfg = _scfg(tmp_path, trials=25, sampler="random", seed=3)
+    summary = search(EXP, scfg)
+    df = _records(scfg)
+    pts = {int(t): (a, g) for t, a, g in zip(df.trial, df["objective.top1"],
+                                             df["objective.gflops"], strict=True)}
+    front = {t for t, (a, g) in pts.items()
+             if not any(a2 >= a and g2 <= g and (a2 > a or g2 < g) for a2, g2 in pts.values())}
+    schedules = {tuple(r) for t, r in zip(df.trial, df["tome.r"], strict=True) if t in front}
+    assert {tuple(p["schedule"]) for p in summary["pareto"]} == schedules
+    # Optuna's own non-dominated set agrees
+    assert {t.number for t in _study(scfg).best_trials} == front
+    # pareto.yaml: an ablation file over exactly these schedules, cheapest first
+    d = yaml.safe_load(Path(summary["pareto_yaml"]).read_text())
+    from tome_lab.sweep import expand
+
+    cfg = {k: v for k, v in d.items() if k != "sweep"}
+    points = expand(d["sweep"], cfg)
+    assert [list(p.config.tome.r) for p in points] == [p["schedule"] for p in summary["pareto"]]
+    assert {p.config.data.split for p in points} == {"test"}
+    gf = [p["gflops"] for p in summary["pareto"]]
+    assert gf == sorted(gf)
+
+
+def test_budget_is_a_constraint_and_only_feasible_trials_are_reported(tmp_path, spec):
+    budget = 0.07
+    scfg = _scfg(tmp_path, trials=24, sampler="random", gflops_budget=budget, seed=1)
+    summary = search(EXP, scfg)
+    study = _study(scfg)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    over = [t for t in done if t.values[1] > budget]
+    under = [t for t in done if t.values[1] <= budget]
+    assert over and under  # the test means something only with both kinds
+    for t in done:  # Optuna's constraint, not a penalty: the objectives are untouched
+        assert t.constraints["gflops"] == pytest.approx(t.values[1] - budget)
+        sched = tuple(t.params[f"r{i:02d}"] for i in range(12))
+        assert t.values[0] == pytest.approx(fake_top1(sched))
+    df = _records(scfg)
+    assert (df.feasible == (df["objective.gflops"] <= budget)).all()
+    assert all(p["gflops"] <= budget for p in summary["pareto"])
+    assert {t.number for t in study.best_trials} <= {t.number for t in under}
+
+
+def test_knobs_are_searched_and_reach_the_point_function(tmp_path):
+    scfg = _scfg(tmp_path, trials=20, sampler="random", knobs={"prop_attn": [True, False]})
+    summary = search(EXP, scfg)
+    df = _records(scfg)
+    assert set(df["tome.prop_attn"]) == {True, False}
+    for _, row in df.iterrows():
+        assert row["objective.top1"] == pytest.approx(
+            fake_top1(tuple(row["tome.r"]), row["tome.prop_attn"]))
+    # plain attention costs 1 point at the same GFLOPs: it is on the front only where no trial
+    # ran the same schedule with proportional attention
+    prop = {tuple(r) for r, a in zip(df["tome.r"], df["tome.prop_attn"], strict=True) if a}
+    assert all(p["prop_attn"] or tuple(p["schedule"]) not in prop for p in summary["pareto"])
+    from tome_lab.sweep import expand
+
+    d = yaml.safe_load(Path(summary["pareto_yaml"]).read_text())
+    points = expand(d["sweep"], {k: v for k, v in d.items() if k != "sweep"})
+    assert [(list(p.config.tome.r), p.config.tome.prop_attn) for p in points] == [
+        (p["schedule"], p["prop_attn"]) for p in summary["pareto"]]
+
+
+def test_resume_runs_only_the_missing_trials(tmp_path):
+    scfg = _scfg(tmp_path, trials=5, baselines=False, sampler="random")
+    search(EXP, scfg, test=False)
+    before = {p: p.read_text() for p in Path(scfg.out).glob("t/*/result.json")}
+    search(EXP, replace(scfg, trials=8), test=False)
+    study = _study(scfg)
+    assert len(study.trials) == 8
+    assert all(p.read_text() == text for p, text in before.items())
+    assert len(_records(scfg)) == 8
+
+
+def test_a_resumed_study_must_keep_its_objectives(tmp_path):
+    scfg = _scfg(tmp_path, trials=2, baselines=False)
+    create_study(EXP, scfg)
+    with pytest.raises(ValueError, match="new --search.name"):
+        create_study(EXP, replace(scfg, gflops_budget=0.05))
+
+
+def test_a_failing_trial_is_recorded_and_counts(tmp_path):
+    scfg = _scfg(tmp_path, trials=3, baselines=False, fn="test_search:no_such_fn")
+    create_study(EXP, scfg)
+    with pytest.raises(ValueError, match="cannot load point function"):
+        run_worker(EXP, scfg)
+    scfg = _scfg(tmp_path, name="boom", trials=3, baselines=False,
+                 fn="test_search:broken_point")
+    create_study(EXP, scfg)
+    assert run_worker(EXP, scfg) == 3
+    df = _records(scfg)
+    assert list(df.status) == ["failed"] * 3
+    assert df.error.str.contains("RuntimeError: exploded").all()
+
+
+def broken_point(cfg: ExperimentConfig) -> dict:
+    raise RuntimeError("exploded")
+
+
+# --------------------------------------------------------------------------- workers, kills
+
+
+class _Trial:
+    def __init__(self, beat, start=None):
+        self.system_attrs = {"tome_lab:heartbeat": beat} if beat else {}
+        import datetime
+
+        self.datetime_start = datetime.datetime.fromtimestamp(start or time.time())
+
+
+def test_stale_means_a_dead_process_here_or_a_silent_one_anywhere():
+    import socket
+
+    host, now = socket.gethostname(), time.time()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert is_stale(_Trial({"host": host, "pid": dead.pid, "time": now}), 60)
+    assert not is_stale(_Trial({"host": host, "pid": os.getppid(), "time": now}), 60)
+    assert not is_stale(_Trial({"host": "elsewhere", "pid": dead.pid, "time": now - 30}), 60)
+    assert is_stale(_Trial({"host": "elsewhere", "pid": 1, "time": now - 61}), 60)
+    assert is_stale(_Trial(None, start=now - 61), 60)
+    assert not is_stale(_Trial(None, start=now - 5), 60)
+
+
+_WORKER = """
+import sys
+from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig
+from tome_lab.search import SearchConfig, create_study, run_worker
+exp = ExperimentConfig(data=DataConfig(limit=32, batch_size=32),
+                       eval=EvalConfig(speed=False, threads=1))
+scfg = SearchConfig(name="t", trials=int(sys.argv[2]), out=sys.argv[1], sampler="random",
+                    fn="test_search:slow_point", baselines=False, heartbeat_s=5.0,
+                    grace_s=30.0)
+create_study(exp, scfg)
+run_worker(exp, scfg)
+"""
+
+
+def test_sigkill_mid_search_then_rerun_loses_and_doubles_nothing(tmp_path):
+    scfg = _scfg(tmp_path, trials=6, fn=SLOW, sampler="random", baselines=False)
+    cmd = [sys.executable, "-c", _WORKER, str(tmp_path), "6"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    running = None
+    while time.time() < deadline:  # kill it while a trial runs, after two have finished
+        time.sleep(0.2)
+        if not (tmp_path / "t.journal").exists():
+            continue
+        trials = _study(scfg).trials
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        # all its parameters drawn: the worker is in the point function, not writing the
+        # journal (a kill inside a journal write leaves Optuna's lock file for 30 s)
+        running = [t for t in trials if t.state == TrialState.RUNNING and len(t.params) == 12]
+        if len(done) >= 2 and running:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and running
+    killed = running[0]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stderr=subprocess.DEVNULL, timeout=120)
+    study = _study(scfg)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 6  # the killed trial did not use up the budget
+    stale = study.trials[killed.number]
+    assert stale.state == TrialState.FAIL and "error" not in stale.user_attrs
+    retried = [t for t in done if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params  # not lost
+    df = _records(scfg)
+    assert len(df) == 6 and set(df.status) == {"ok"}  # one record per finished trial
+    assert sorted(df.trial) == sorted(t.number for t in done)
+    assert killed.number not in set(df.trial)
+
+
+def test_two_local_workers_share_one_journal(tmp_path):
+    scfg = _scfg(tmp_path, trials=10, fn=SLOW, sampler="tpe", baselines=False, workers=2)
+    create_study(EXP, scfg)
+    ran = run_workers(EXP, scfg)
+    study = _study(scfg)
+    assert ran == 10 == len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert budget_used(study) == 10 == len(study.trials)
+    df = _records(scfg)
+    assert len(df) == 10 and df["env.pid"].nunique() == 2  # both processes did trials
+
+
+# --------------------------------------------------------------------------- the frontier
+
+
+def test_dominates_and_hypervolume_by_hand():
+    dirs = ["maximize", "minimize"]
+    assert dominates((90, 1.0), (80, 2.0), dirs) and dominates((90, 1.0), (90, 2.0), dirs)
+    assert not dominates((90, 1.0), (90, 1.0), dirs) and not dominates((95, 2.0), (90, 1.0),
+                                                                       dirs)
+    # two rectangles over reference (0, 1): [0.2, 1) x 90 and [0.1, 0.2) x 50
+    assert hypervolume([(90, 0.2), (50, 0.1)], (0, 1)) == pytest.approx(0.8 * 90 + 0.1 * 50)
+    assert hypervolume([(90, 0.2), (80, 0.5)], (0, 1)) == pytest.approx(0.8 * 90)
+    assert hypervolume([(90, 1.2)], (0, 1)) == 0.0
+
+
+# --------------------------------------------------------------------------- real evaluator
+
+
+def test_search_on_the_embedded_model_and_pareto_yaml_feeds_evaluate(tmp_path, spec):
+    from tome_lab.evaluate import evaluate
+
+    scfg = SearchConfig(name="real", trials=3, out=str(tmp_path))  # the constant r=0, 1, 2
+    summary = search(EXP, scfg)
+    df = _records(scfg)
+    assert len(df) == 3 and set(df.status) == {"ok"}
+    # the analytic count is the fvcore count of the patched model (bipartite, default knobs)
+    assert (df.gflops - df.gflops_fvcore).abs().max() < 1e-9
+    d = yaml.safe_load(Path(summary["pareto_yaml"]).read_text())
+    cfg = from_dict(ExperimentConfig, {k: v for k, v in d.items() if k != "sweep"})
+    first = summary["pareto"][0]
+    assert list(cfg.tome.r) == first["schedule"] and cfg.data.split == "test"
+    assert evaluate(cfg)["top1"] == pytest.approx(first["top1_test"])
+    from tome_lab.models import create_model
+
+    model = tome_lab.apply_tome(create_model(cfg.model), r=d["tome"]["r"])
+    model(torch.zeros(1, 1, 32, 32))
+    assert tome_lab.tome_state(model).tokens == tokens_per_layer(spec, d["tome"]["r"])
+    assert isinstance(ToMeConfig(r=d["tome"]["r"]).r, tuple)
