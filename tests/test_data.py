@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import timm
@@ -23,8 +25,9 @@ def test_registry_holds_the_four_datasets():
 
 
 @pytest.mark.parametrize("name,split,n", [
-    ("mnist5k", "train", 4000), ("mnist5k", "val", 1000),
-    ("digits", "train", 1437), ("digits", "val", 360), ("synthetic", "val", 512)])
+    ("mnist5k", "train", 3600), ("mnist5k", "val", 400), ("mnist5k", "test", 1000),
+    ("digits", "train", 1294), ("digits", "val", 143), ("digits", "test", 360),
+    ("synthetic", "test", 512)])
 def test_each_dataset_yields_model_shaped_batches(model, name, split, n):
     loader = build_loader(DataConfig(name=name, split=split, batch_size=64), model)
     assert len(loader.dataset) == n
@@ -34,14 +37,24 @@ def test_each_dataset_yields_model_shaped_batches(model, name, split, n):
     assert torch.isfinite(x).all()
 
 
-def test_mnist5k_split_is_fixed_disjoint_and_covers_all():
-    train, val = _split(5000, 4000, "train"), _split(5000, 4000, "val")
-    assert len(set(train) & set(val)) == 0 and len(set(train) | set(val)) == 5000
+def test_splits_are_fixed_disjoint_and_cover_all():
+    train, val, test = (_split(5000, 4000, s) for s in ("train", "val", "test"))
+    assert len(train) == 3600 and len(val) == 400 and len(test) == 1000
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert len(set(train) | set(val) | set(test)) == 5000
     assert np.array_equal(train, _split(5000, 4000, "train"))
 
 
+def test_test_split_is_the_earlier_held_out_split():
+    """The digits the benchmarks were measured on (the first seeded permutation's last 1,000)
+    are exactly today's test split; val comes out of the 4,000 training digits."""
+    held_out = np.sort(np.random.default_rng(0).permutation(5000)[4000:])
+    assert np.array_equal(_split(5000, 4000, "test"), held_out)
+    assert not set(_split(5000, 4000, "val")) & set(held_out)
+
+
 def test_mnist5k_background_normalises_to_minus_mean_over_std(model):
-    x, _ = build_dataset(DataConfig(split="val"), model)[0]
+    x, _ = build_dataset(DataConfig(split="test"), model)[0]
     # The padded corner is background: (0 - 0.1307) / 0.3081.
     assert x[0, 0, 0].item() == pytest.approx(-0.1307 / 0.3081, abs=1e-4)
     assert x.max() > 2.0  # ink is there too
@@ -91,7 +104,8 @@ def test_imagefolder_maps_integer_folders_to_classes(tmp_path, model):
     assert sorted(y.tolist()) == [3, 3, 7, 7]
 
 
-def test_imagefolder_uses_the_split_subfolder_and_rgb_for_timm_models(tmp_path):
+def test_imagefolder_test_split_reads_val_and_rgb_for_timm_models(tmp_path):
+    """ImageNet's layout: the test split is root/val when there is no root/test."""
     _write_pngs(tmp_path / "val", ["n01440764", "n01443537"], n=1, size=40)
     vit = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=1)
     loader = build_loader(DataConfig(name="imagefolder", path=str(tmp_path), batch_size=2), vit)
@@ -139,3 +153,30 @@ def test_imagefolder_unreadable_image_is_named(tmp_path, model):
     loader = build_loader(DataConfig(name="imagefolder", path=str(tmp_path), batch_size=2), model)
     with pytest.raises(DataError, match="broken.png"):
         next(iter(loader))
+
+
+def test_imagefolder_train_and_val_are_carved_from_train(tmp_path, model):
+    _write_pngs(tmp_path / "train", ["0", "1"], n=10)
+    _write_pngs(tmp_path / "test", ["0", "1"], n=3)
+
+    def files(split):
+        ds = build_dataset(DataConfig(name="imagefolder", path=str(tmp_path), split=split), model)
+        base, idx = (ds.dataset, ds.indices) if hasattr(ds, "indices") else (ds, range(len(ds)))
+        return {base.samples[i][0] for i in idx}
+
+    train, val, test = files("train"), files("val"), files("test")
+    assert len(train) == 18 and len(val) == 2 and len(test) == 6
+    assert not train & val and all("/train/" in f for f in train | val)
+    assert all("/test/" in f for f in test)
+
+
+def test_imagefolder_without_train_folder_has_no_val(tmp_path, model):
+    _write_pngs(tmp_path, ["0"], n=1)
+    with pytest.raises(DataError, match="train"):
+        build_dataset(DataConfig(name="imagefolder", path=str(tmp_path), split="val"), model)
+
+
+def test_pin_memory_follows_the_device(model):
+    cfg = DataConfig(name="synthetic", limit=4)
+    assert not build_loader(cfg, model, device="cpu").pin_memory
+    assert build_loader(dataclasses.replace(cfg, pin_memory=True), model).pin_memory
