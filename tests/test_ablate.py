@@ -36,8 +36,8 @@ def test_sweep_writes_one_folder_per_point(tmp_path):
     records = run_sweep(points, tmp_path, fake, progress=False)
     assert fake.calls == [0, 2, 4]
     assert [r["status"] for r in records] == ["ok"] * 3 and all(r["ran"] for r in records)
-    dirs = sorted(p.name for p in tmp_path.iterdir())
-    assert dirs == sorted(p.dirname for p in points)
+    dirs = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert dirs == sorted(p.dirname for p in points)  # and .launch/, the launcher's books
     for p in points:
         d = tmp_path / p.dirname
         assert sorted(f.name for f in d.iterdir()) == ["config.yaml", "result.json"]
@@ -69,9 +69,11 @@ def test_failing_point_is_isolated_and_retried(tmp_path):
     assert "Traceback" in err["traceback"] and "exploded" in err["traceback"]
     df = results.load(tmp_path)
     assert sorted(df["status"]) == ["failed", "ok", "ok"]
-    # a re-run retries the failed point only
+    # a re-run reuses the failure; rerun="failed" (--rerun failed) retries the failed point only
     fixed = Fake()
     records = run_sweep(expand(["r=0,2,4"]), tmp_path, fixed, progress=False)
+    assert fixed.calls == [] and [r["status"] for r in records] == ["ok", "failed", "ok"]
+    records = run_sweep(expand(["r=0,2,4"]), tmp_path, fixed, progress=False, rerun="failed")
     assert fixed.calls == [2] and [r["status"] for r in records] == ["ok"] * 3
 
 

@@ -12,21 +12,20 @@ any point function (``--fn module:function`` on the command line).
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import shutil
 import sys
 import textwrap
-import time
-import traceback
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from tome_lab import results
+from tome_lab import launch, preflight, results
 from tome_lab.config import ExperimentConfig
-from tome_lab.sweep import Point, config_to_dict, expand, key_table
+from tome_lab.sweep import Point, expand, key_table
 
 PointFn = Callable[[ExperimentConfig], Mapping[str, Any]]
 
@@ -63,113 +62,52 @@ Short keys:
 
 Results: one folder per point under --out (default runs/<name>/), each with config.yaml and
 result.json (written last, atomically: it marks the point done). Re-running the same command
-skips finished points. Exit status: 0 all points ok, 1 some point failed, 2 bad command line.
+skips finished points, ok or failed (--rerun failed|all runs them again). Every point is
+checked against its model (on the meta device) before anything runs.
+
+Launchers: --launcher inline (default: this process) | local (a fresh process per point,
+--launch.parallel at a time) | slurm (one job array) | FILE.yaml (see launch/), and any
+--launch.<field> on top; --no-wait submits and returns (python -m tome_lab.launch status DIR).
+Exit status: 0 all points ok, 1 some point failed, 2 bad command line.
 """
 
 
 # --------------------------------------------------------------------------- running
 
 def resolve_fn(spec: str) -> PointFn:
-    """Imports a point function from ``module:function``.
+    """Imports a point function from ``module:function`` (see :func:`tome_lab.launch.resolve_fn`).
 
     Raises:
         ValueError: the module or function cannot be found.
     """
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--fn takes module:function, got {spec!r}")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load point function {spec!r}: {err}") from None
-    if not callable(fn):
-        raise ValueError(f"{spec!r} is not callable")
-    return fn
+    return launch.resolve_fn(spec)
 
 
 def point_dir(folder: Path, point: Point) -> Path:
     """The folder of ``point`` in ``folder``: an existing one with its hash, else a new name."""
-    existing = sorted(folder.glob(f"*-{point.key}"))
-    return existing[0] if existing else folder / point.dirname
+    return launch.point_dir(folder, point)
 
 
-def run_point(point: Point, folder: Path, fn: PointFn) -> tuple[dict[str, Any], bool]:
-    """Runs one point unless it has finished before; records its result atomically.
-
-    Args:
-        point: the validated point.
-        folder: the sweep folder.
-        fn: evaluates one configuration and returns flat metrics.
-
-    Returns:
-        The point's record and whether it ran now (False: a finished result was reused).
-    """
-    pdir = point_dir(folder, point)
-    old = results.read_result(pdir)
-    if old is not None and old.get("status") == "ok":
-        return old, False
-    pdir.mkdir(parents=True, exist_ok=True)
-    results.remove_stale_temps(pdir)
-    config = config_to_dict(point.config)
-    results.write_text_atomic(pdir / results.CONFIG, yaml.safe_dump(config, sort_keys=False))
-    started, t0 = results.now(), time.perf_counter()
-    metrics: dict[str, Any] = {}
-    error = None
-    try:
-        out = fn(point.config)
-        if not isinstance(out, Mapping):
-            raise TypeError(f"the point function returned {type(out).__name__}, not a mapping")
-        metrics = dict(out)
-    except Exception as err:  # a failing point is recorded; the sweep goes on
-        error = {"type": type(err).__name__, "message": str(err),
-                 "traceback": traceback.format_exc()}
-    record = {
-        "schema": results.SCHEMA,
-        "status": "failed" if error else "ok",
-        "key": point.key,
-        "name": point.name,
-        "overrides": {k: list(v) if isinstance(v, tuple) else v
-                      for k, v in point.overrides.items()},
-        "config": config,
-        "metrics": metrics,
-        "error": error,
-        "env": results.environment(metrics.get("device", point.config.eval.device),
-                                   metrics.get("dtype", point.config.eval.dtype)),
-        "started": started,
-        "finished": results.now(),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    results.write_json_atomic(pdir / results.RESULT, record)
-    return record, True
-
-
-def run_sweep(points: Sequence[Point], folder: str | Path, fn: PointFn | None = None,
-              progress: bool = True) -> list[dict[str, Any]]:
-    """Runs every point of a sweep that has not finished, in order.
+def run_sweep(points: Sequence[Point], folder: str | Path, fn: PointFn | str | None = None,
+              progress: bool = True, launcher: launch.LaunchConfig | None = None,
+              rerun: str | None = None) -> list[dict[str, Any]]:
+    """Runs every point of a sweep that has no finished result (see :func:`tome_lab.launch.run`).
 
     Args:
         points: validated points (see :func:`tome_lab.sweep.expand`).
         folder: the sweep folder; created if missing.
-        fn: the point function; None means :func:`tome_lab.evaluate.evaluate`.
+        fn: the point function (a callable runs inline only), or ``module:function``; None
+            means :func:`tome_lab.evaluate.evaluate`.
         progress: show a tqdm progress bar on stderr.
+        launcher: where the points run; None: inline, in this process.
+        rerun: None (reuse finished results, ok or failed), ``"failed"`` or ``"all"``.
 
     Returns:
-        One record per point, in order, each with two added keys: ``"ran"`` (False: a
-        finished result was reused) and ``"dir"`` (the point's folder).
+        One record per point, in order, each with ``"ran"`` (False: a finished result was
+        reused), ``"dir"`` (the point's folder) and ``"state"``.
     """
-    from tqdm.auto import tqdm
-
-    fn = resolve_fn(DEFAULT_FN) if fn is None else fn
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    records = []
-    bar = tqdm(points, desc="sweep", unit="point", disable=not progress, file=sys.stderr)
-    for point in bar:
-        bar.set_postfix_str(point.name[:40])
-        record, ran = run_point(point, folder, fn)
-        records.append({**record, "ran": ran, "dir": str(point_dir(folder, point))})
-    bar.close()
-    return records
+    return launch.run(points, folder, DEFAULT_FN if fn is None else fn, launcher, rerun=rerun,
+                      progress=progress)
 
 
 def sweep_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -220,10 +158,60 @@ def build_parser() -> Any:
         parser.add_argument("--fn", type=str, default=DEFAULT_FN,
                             help="The point function, module:function, taking an "
                                  "ExperimentConfig and returning flat metrics.")
+        _add_launch_arguments(parser)
 
     return cli.build_parser(
         ExperimentConfig, "python -m tome_lab.ablate",
         __doc__.split("\n\n")[0] + "\n\n" + GRAMMAR.format(short=short), extra=extra)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` entries of a dataclass docstring, by field name."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        head, sep, text = line.strip().partition(": ")
+        top = line.startswith(" " * 8) and not line.startswith(" " * 9)
+        if sep and top and head.isidentifier():
+            name = head
+            docs[name] = text
+        elif name and line.strip():
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def _add_launch_arguments(parser: Any) -> None:
+    """``--launcher``, ``--launch.<field>`` for each LaunchConfig field, --no-wait, --rerun."""
+    parser.add_argument("--launcher", type=str, default="inline",
+                        help="Where the points run: inline (this process), local (a fresh "
+                             "process per point), slurm (one job array), or a launcher YAML "
+                             "file such as launch/gpu-cluster.yaml.")
+    hints = typing.get_type_hints(launch.LaunchConfig)
+    docs = _field_docs(launch.LaunchConfig)
+    for f in dataclasses.fields(launch.LaunchConfig):
+        if f.name in ("launcher", "wait"):
+            continue
+        hint = {"sbatch": dict[str, Any], "setup": list[str]}.get(f.name, hints[f.name])
+        parser.add_argument(f"--launch.{f.name}", type=hint | None, default=None,
+                            help=f"{docs.get(f.name, '')} (Overrides --launcher's value.)")
+    parser.add_argument("--no_wait", "--no-wait", action="store_true",
+                        help="Submit (local, slurm) and return; python -m tome_lab.launch "
+                             "status FOLDER shows the states and the table later.")
+    parser.add_argument("--rerun", type=str | None, default=None,
+                        help="Run finished points again: failed (the failed ones) or all.")
+
+
+def launch_config(args: Any) -> launch.LaunchConfig:
+    """The LaunchConfig of a parsed command line: ``--launcher`` then ``--launch.*`` flags.
+
+    Raises:
+        ValueError: a bad launcher name, file or value.
+    """
+    ns = args.as_dict()
+    given = {k: v for k, v in (ns.get("launch") or {}).items() if v is not None}
+    if ns.get("no_wait"):
+        given["wait"] = False
+    return launch.LaunchConfig.parse(ns.get("launcher") or "inline", **given)
 
 
 def _sweep_name(args: Any, points: Sequence[Point]) -> str:
@@ -254,7 +242,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(args.sweep) + list(args.words)
     try:
         points = expand(words, _base_dict(args))
-        fn = None if args.dry_run else resolve_fn(args.fn)
+        launcher = launch_config(args)
+        if args.rerun not in (None, *launch.RERUN):
+            raise ValueError(f"--rerun takes {' or '.join(launch.RERUN)}, got {args.rerun!r}")
+        if not args.dry_run:
+            resolve_fn(args.fn)
+        if launcher.launcher == "slurm" and shutil.which("sbatch") is None:
+            raise ValueError("--launcher slurm needs Slurm's sbatch on PATH; for a one-node "
+                             "test cluster run launch/slurm-local.sh as root")
+        # everything that needs the model, on the meta device: nothing runs if a point is bad
+        preflight.check_points(points)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -269,11 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"sweep {name!r}: {len(points)} point(s) -> {folder}", file=sys.stderr)
     try:
-        records = run_sweep(points, folder, fn, progress=args.progress)
+        records = run_sweep(points, folder, args.fn, progress=args.progress,
+                            launcher=launcher, rerun=args.rerun)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished points are kept in {folder}; run the same command "
               f"again to resume", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # submission failed: nothing was queued
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not launcher.wait and any(r["state"] in ("queued", "running") for r in records):
+        return 0  # launch printed the job ids and the status command
     results.write_csv(sweep_frame(records), folder / "results.csv")
     print(format_table(points, records))
     ran = sum(r["ran"] for r in records)

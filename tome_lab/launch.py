@@ -220,12 +220,25 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
 
 # --------------------------------------------------------------------------- one point
 
-def resolve_fn(spec: str) -> Callable[[Any], Mapping[str, Any]]:
-    """Imports a point function from ``module:function``.
+PointFn = Callable[[Any], Mapping[str, Any]]
+
+
+def fn_name(fn: str | PointFn) -> str:
+    """The ``module:function`` name of a point function (recorded in each result's identity)."""
+    if isinstance(fn, str):
+        return fn
+    qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or type(fn).__module__}:{qual}"
+
+
+def resolve_fn(spec: str | PointFn) -> PointFn:
+    """Imports a point function from ``module:function`` (a callable is returned as is).
 
     Raises:
         ValueError: the spec is malformed, or the module or function cannot be found.
     """
+    if callable(spec):
+        return spec
     module, _, name = spec.partition(":")
     if not module or not name:
         raise ValueError(f"the point function is given as module:function, got {spec!r}")
@@ -253,7 +266,7 @@ def checkpoint_of(config: Any) -> Path | None:
     return None
 
 
-def identity(point: PointLike, fn_spec: str,
+def identity(point: PointLike, fn_spec: str | PointFn,
              _digests: dict[Path, str | None] | None = None) -> dict[str, Any]:
     """What decides a point's result: configuration hash, point function, checkpoint digest.
 
@@ -272,10 +285,10 @@ def identity(point: PointLike, fn_spec: str,
         if ckpt not in cache:
             cache[ckpt] = results.file_digest(ckpt)
         entry = {"path": str(ckpt), "sha256": cache[ckpt]}
-    return {"config": point.key, "fn": fn_spec, "checkpoint": entry}
+    return {"config": point.key, "fn": fn_name(fn_spec), "checkpoint": entry}
 
 
-def execute(point: PointLike, pdir: str | os.PathLike[str], fn_spec: str,
+def execute(point: PointLike, pdir: str | os.PathLike[str], fn_spec: str | PointFn,
             ident: Mapping[str, Any], job: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Runs one point and writes its folder: ``config.yaml`` first, ``result.json`` last.
 
@@ -286,7 +299,7 @@ def execute(point: PointLike, pdir: str | os.PathLike[str], fn_spec: str,
     Args:
         point: the point.
         pdir: its folder.
-        fn_spec: the point function, ``module:function``.
+        fn_spec: the point function, ``module:function`` (or, in this process, a callable).
         ident: the point's :func:`identity`.
         job: where it runs (launcher, job id), recorded as is.
 
@@ -493,7 +506,7 @@ class Plan:
     notes: list[str]
 
 
-def plan(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: str,
+def plan(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: str | PointFn,
          rerun: str | None = None) -> tuple[Plan, list[dict[str, Any]]]:
     """Decides which points run, which are reused and which a live job already holds.
 
@@ -555,7 +568,7 @@ def plan(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: s
 
 # --------------------------------------------------------------------------- launching
 
-def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: str,
+def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: str | PointFn,
         cfg: LaunchConfig | None = None, rerun: str | None = None,
         progress: bool = True) -> list[dict[str, Any]]:
     """Runs a sweep with a launcher: the points that need it, each writing its own folder.
@@ -565,7 +578,7 @@ def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: st
             (:class:`tome_lab.sweep.Point`).
         folder: the sweep folder; created if missing.
         fn_spec: the point function, ``module:function``, taking ``point.config`` and
-            returning flat metrics.
+            returning flat metrics; ``inline`` also takes the callable itself.
         cfg: the launcher; None: ``inline``.
         rerun: see :func:`plan`.
         progress: show a progress bar on stderr.
@@ -581,6 +594,9 @@ def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: st
         RuntimeError: Slurm was asked for but ``sbatch`` is missing, or submission failed.
     """
     cfg = cfg or LaunchConfig()
+    if not isinstance(fn_spec, str) and cfg.launcher != "inline":
+        raise ValueError(f"the {cfg.launcher} launcher imports the point function in a fresh "
+                         f"process: give it as 'module:function', not {fn_spec!r}")
     resolve_fn(fn_spec)  # a typo fails here, before anything is submitted
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -596,14 +612,14 @@ def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: st
     if cfg.launcher == "inline":
         _run_inline(points, the_plan, idents, todo, fn_spec, progress)
     elif cfg.launcher == "local":
-        _run_local(points, the_plan, idents, todo, fn_spec, cfg, folder, progress)
+        _run_local(points, the_plan, idents, todo, str(fn_spec), cfg, folder, progress)
     else:
-        _run_slurm(points, the_plan, idents, todo, fn_spec, cfg, folder, progress)
+        _run_slurm(points, the_plan, idents, todo, str(fn_spec), cfg, folder, progress)
     return collect(points, the_plan.dirs, ran=set(todo))
 
 
 def _run_inline(points: Sequence[PointLike], the_plan: Plan, idents: list[dict[str, Any]],
-                todo: list[int], fn_spec: str, progress: bool) -> None:
+                todo: list[int], fn_spec: str | PointFn, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(todo, desc="sweep", unit="point", disable=not progress, file=sys.stderr)
@@ -821,9 +837,9 @@ def collect(points: Sequence[PointLike], dirs: Sequence[Path],
 
 
 def _write_manifest(folder: Path, points: Sequence[PointLike], dirs: Sequence[Path],
-                    fn_spec: str) -> None:
+                    fn_spec: str | PointFn) -> None:
     results.write_json_atomic(folder / LAUNCH_DIR / MANIFEST, {
-        "fn": fn_spec, "written": results.now(),
+        "fn": fn_name(fn_spec), "written": results.now(),
         "points": [{"name": p.name, "key": p.key, "dir": d.name}
                    for p, d in zip(points, dirs, strict=True)]})
 
