@@ -6,6 +6,8 @@ on import; importing this package imports them all (``tome_lab.data`` and
 
 - ``clutter`` / ``vit_clutter``: a digit among clutter on a 56x56 canvas; 196 patch tokens,
   DeiT's count at 224 px with 16 px patches.
+- ``spoken_digits`` / ``vit_audio_digits``: spoken digits synthesised with espeak-ng as log-mel
+  spectrograms; 128 time-frequency patch tokens, the AudioMAE layout.
 """
 
 from __future__ import annotations
