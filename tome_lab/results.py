@@ -59,6 +59,8 @@ def now() -> str:
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Writes ``text`` (UTF-8) to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    if not isinstance(text, str):
+        raise TypeError(f"write_text_atomic takes a str, got {type(text).__name__}")
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
