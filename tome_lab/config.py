@@ -290,7 +290,10 @@ _SELECT = ("best", "last")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train (the ``train`` section). The defaults are the zoo model's recipe.
+    """How to train (the ``train`` section): DeiT's small-data recipe for the embedded model.
+
+    The committed zoo checkpoint was trained before the ``val`` split existed; its record
+    (``tome_lab/zoo/vit_digits.json``) says how its recipe differs from these defaults.
 
     Attributes:
         epochs: passes over the ``train`` split.
