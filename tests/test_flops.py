@@ -97,3 +97,47 @@ def test_count_flops_keeps_training_mode():
     m = tiny_vit().train()
     tome_lab.count_flops(m, (3, 64, 64))
     assert m.training
+
+
+# every matcher, and every knob a matcher's cost depends on (feature width, heads, partition);
+# distance and combine change no product, and are swept to show it
+SETTINGS = [
+    *[dict(matching=m) for m in ("bipartite", "greedy", "kmeans", "kth_bipartite", "none",
+                                 "pruning", "random", "random_bipartite")],
+    dict(matching="kmeans", iters=2), dict(matching="kth_bipartite", k=3),
+    dict(matching="pruning", criterion="norm"), dict(matching="pruning", criterion="random"),
+    dict(feature="x"), dict(feature="q", head_agg="concat"), dict(feature="x", head_agg="concat"),
+    dict(feature="v"), dict(partition="halves"), dict(partition="random"),
+    dict(distance="dot"), dict(distance="euclidean"), dict(matching="greedy", distance="dot"),
+    dict(combine="keep"), dict(combine="max"), dict(combine="mean"),
+    dict(matching="kmeans", combine="max", head_agg="concat"),
+]
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "vit_medium_patch16_gap_256"])
+@pytest.mark.parametrize("options", SETTINGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in
+                                                                     o.items()))
+def test_analytic_equals_fvcore_for_every_setting(name, options):
+    m = tiny_vit(name, depth=3, img_size=96)  # 36 patches: every block merges
+    tome_lab.apply_tome(m, r=5, **options)
+    st = tome_lab.tome_state(m)
+    got = tome_lab.count_flops(m, (3, 96, 96))
+    assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
+    if options.get("matching", "bipartite") not in ("none", "random"):
+        assert analytic_gflops(st.spec, st.r) > analytic_gflops(st.spec, st.r, False)
+
+
+@pytest.mark.parametrize("options", [dict(matching="kmeans"), dict(matching="greedy"),
+                                     dict(head_agg="concat"), dict(feature="x")])
+def test_flops_schedule_hits_its_target_whatever_the_matcher(deits, options):
+    """DeiT-S-like counts on DeiT-T: the schedule's fvcore count lands near the target."""
+    m = deits["deit_tiny_patch16_224"]
+    target = 0.9
+    tome_lab.apply_tome(m, schedule="flops", gflops=target, **options)
+    st = tome_lab.tome_state(m)
+    got = tome_lab.count_flops(m)
+    tome_lab.remove_tome(m)
+    assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
+    # within one merge in one block of the target (the schedule's resolution)
+    one_merge = analytic_gflops(st.spec, [0] * 12) - analytic_gflops(st.spec, [1] + [0] * 11)
+    assert abs(got - target) <= one_merge

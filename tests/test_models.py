@@ -96,14 +96,46 @@ def test_missing_checkpoint():
         create_model(ModelConfig(checkpoint="nope.safetensors"))
 
 
-def test_pretrained_timm_weights_absent_offline_say_how(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """timm's caches (Hugging Face hub and torch hub) pointed at empty folders."""
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(ValueError, match="checkpoint=PATH"):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "hf"
+
+
+def test_pretrained_timm_weights_absent_offline_fail_fast(empty_caches):
+    """Sockets are disabled for the suite (pytest-socket): no cache, no network -> a message."""
+    import socket
+
+    with pytest.raises(Exception, match="[Ss]ocket"):  # the suite really has no network
+        socket.create_connection(("huggingface.co", 443), timeout=1)
+    with pytest.raises(ValueError, match="no pretrained weights .* no network") as e:
         create_model(ModelConfig(name="deit_tiny_patch16_224", pretrained=True))
+    assert "checkpoint=PATH" in str(e.value) and "--checkpoint" in str(e.value)
+
+
+def test_pretrained_timm_weights_from_timms_cache_offline(empty_caches):
+    """A checkpoint in timm's Hugging Face cache loads through timm with no network."""
+    import huggingface_hub.constants as hub_constants
+    from timm.models import get_pretrained_cfg
+
+    before = hub_constants.HF_HUB_OFFLINE
+
+    repo = get_pretrained_cfg("deit_tiny_patch16_224").hf_hub_id  # what timm would fetch
+    snap = empty_caches / f"models--{repo.replace('/', '--')}"
+    (snap / "refs").mkdir(parents=True)
+    (snap / "refs" / "main").write_text("0" * 40)
+    (snap / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    torch.manual_seed(3)
+    src = timm.create_model("deit_tiny_patch16_224", pretrained=False)
+    save_file(src.state_dict(), str(snap / "snapshots" / ("0" * 40) / "model.safetensors"))
+    m = create_model(ModelConfig(name="deit_tiny_patch16_224", pretrained=True))
+    for k, v in src.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    assert hub_constants.HF_HUB_OFFLINE is before  # offline mode was only for the load
 
 
 def test_random_init_of_any_timm_name():

@@ -126,8 +126,8 @@ MODELS = {
     "avg_no_cls": ("vit_medium_patch16_gap_256",
                    dict(embed_dim=96, num_heads=3, depth=4), 128),
     "registers": ("vit_base_patch16_reg4_gap_256", dict(embed_dim=96, num_heads=3, depth=4), 128),
-    "layerscale": ("deit3_small_patch16_224", dict(depth=4, init_values=0.5), 128),
-    "cls_registers": ("vit_small_patch14_reg4_dinov2", dict(depth=4, init_values=0.5), 98),
+    "layerscale": ("deit3_small_patch16_224", dict(depth=4), 128),
+    "cls_registers": ("vit_small_patch14_reg4_dinov2", dict(depth=4), 98),
     "scale_norm": ("deit_tiny_patch16_224", dict(depth=4, scale_attn_norm=True,
                                                  scale_mlp_norm=True), 128),
     "gated": ("deit_tiny_patch16_224", dict(depth=4), 128),  # gates added in _model
@@ -143,10 +143,14 @@ def _model(key):
         for blk in m.blocks:
             blk.attn.gate = torch.nn.Linear(blk.attn.qkv.in_features, blk.attn.attn_dim)
     m = m.double().eval()
-    with torch.no_grad():  # random init leaves some tokens and norms at timm's zeros / ones
+    # random init leaves tokens and norms at timm's zeros / ones and LayerScale at 1e-6, which
+    # would hide the attention branch from the comparison: give them all visible values
+    with torch.no_grad():
         for name_, prm in m.named_parameters():
             if name_.endswith(("cls_token", "reg_token", "dist_token", "pos_embed")):
                 prm.normal_(0, 0.5)
+            elif name_.endswith("gamma"):
+                prm.uniform_(0.5, 1.5)
             elif "norm" in name_ and name_.endswith("weight"):
                 prm.uniform_(0.5, 1.5)
             elif name_.endswith("bias"):

@@ -1,9 +1,15 @@
 """FLOP counting: fvcore's exact count of the traced graph, and an analytic model of it.
 
-Convention of the ToMe paper's tables: one fused multiply-add counts as one FLOP, and only
-matrix products and convolutions count (norms, softmax, activations are left out), which is
-what fvcore counts by default. fvcore has no handle for ``aten::scaled_dot_product_attention``
-and would count timm's fused attention as zero, so one is registered here.
+Convention of the ToMe paper's tables, which is fvcore's default: one fused multiply-add
+counts as one FLOP; matrix products, linear layers and convolutions count, and so do the
+normalisations (a LayerNorm costs 5 FLOPs per element with affine weights, 4 without; batch
+norm likewise); softmax, activations, element-wise arithmetic, scatters and sorts do not.
+fvcore has no handle for ``aten::scaled_dot_product_attention`` and would count timm's fused
+attention as zero, so one is registered here.
+
+The analytic count (:func:`analytic_gflops`) reproduces fvcore's for every matching plug-in,
+similarity feature, head aggregation, distance, partition and combine rule (the tests hold
+them equal for each): the spec carries which matcher runs and on how wide a metric.
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ class ViTSpec:
         mlp_token_flops: per token, the part after the merge (norm2, MLP).
         final_token_flops: per token leaving the last block (the final norm).
         fixed_flops: everything else (patch embedding, pre-norm, classifier head).
+        embed_dim: the token width (the metric's width for ``feature="x"``).
+        matching: the matching plug-in whose cost :func:`matching_flops` adds.
+        metric_dim: the width of the similarity metric (head_dim for a per-head feature
+            averaged over heads, attn_dim when heads are concatenated, the token width for
+            ``feature="x"``); 0 means head_dim.
+        partition: the partition plug-in of a bipartite matcher.
+        matching_options: the matcher's options as sorted (name, value) pairs.
     """
 
     depth: int
@@ -48,6 +61,11 @@ class ViTSpec:
     mlp_token_flops: int
     final_token_flops: int
     fixed_flops: int
+    embed_dim: int = 0
+    matching: str = "bipartite"
+    metric_dim: int = 0
+    partition: str = "alternate"
+    matching_options: tuple[tuple[str, Any], ...] = ()
 
 
 def tokens_per_layer(spec: ViTSpec, r: Sequence[int]) -> list[int]:
@@ -59,19 +77,51 @@ def tokens_per_layer(spec: ViTSpec, r: Sequence[int]) -> list[int]:
     return out
 
 
+def matching_flops(spec: ViTSpec, n: int, r: int) -> int:
+    """FLOPs fvcore counts for one matching call: N tokens in, r merged (r >= 1, clamped).
+
+    Only the matrix products count (similarities, attention scores); norms of the cosine,
+    sorts, scatters and the combine rule's arithmetic are element-wise, which fvcore skips.
+    """
+    c = spec.metric_dim or spec.head_dim
+    p = spec.num_prefix
+    m = n - p  # unprotected tokens
+    opts = dict(spec.matching_options)
+    name = spec.matching
+    if name in ("bipartite", "kth_bipartite", "random_bipartite"):
+        if name == "kth_bipartite":
+            k = opts.get("k", 4)
+            nb = -(-m // k)  # unprotected positions 0, k, 2k, ... are destinations
+            return (m - nb) * nb * c
+        if name == "bipartite" and spec.partition == "alternate":
+            b_prefix = p // 2  # protected tokens are left out of the score matrix
+            return ((n + 1) // 2 - (p - b_prefix)) * (n // 2 - b_prefix) * c
+        return (m // 2) * (m - m // 2) * c  # halves / random partitions of the unprotected
+    if name == "greedy":
+        return n * n * c + r * n * c  # all pairs once, then one row per merge
+    if name == "kmeans":
+        return (opts.get("iters", 5) + 1) * m * (m - r) * c  # one [M, K] similarity per pass
+    if name == "pruning":
+        if opts.get("criterion", "attention") != "attention":
+            return 0
+        queries = 1 if spec.class_token else n  # the class token's row, or every row
+        return queries * n * spec.attn_dim
+    return 0  # none, random: no products
+
+
 def analytic_gflops(spec: ViTSpec, r: Sequence[int], matching_cost: bool = True) -> float:
     """GFLOPs (MACs) of one image under the per-layer schedule ``r``, as fvcore counts them.
 
     A block entering with N tokens and merging r of them costs N * attn_token_flops, plus
-    2 * N^2 * attn_dim for attention (q k^T and attn v), plus Na * Nb * head_dim for the
-    bipartite similarity when it merges, plus (N - r) * mlp_token_flops after the merge.
+    2 * N^2 * attn_dim for attention (q k^T and attn v), plus :func:`matching_flops` when it
+    merges, plus (N - r) * mlp_token_flops after the merge.
     """
     n, total = spec.num_tokens, float(spec.fixed_flops)
     for ri in r:
         total += n * spec.attn_token_flops + 2 * n * n * spec.attn_dim
         rr = clamp_r(ri, n, spec.num_prefix)
         if rr > 0 and matching_cost:
-            total += ((n + 1) // 2) * (n // 2) * spec.head_dim
+            total += matching_flops(spec, n, rr)
         n -= rr
         total += n * spec.mlp_token_flops
     return (total + n * spec.final_token_flops) / 1e9

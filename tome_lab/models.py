@@ -2,9 +2,10 @@
 
 One path for every model: ``create_model(ModelConfig)`` calls ``timm.create_model``, and the
 embedded model ``vit_digits`` is registered with timm's own ``register_model`` so that
-``timm.create_model("vit_digits")`` builds it too. No hub download ever happens: pretrained
-timm weights are read from the local cache only, and their absence is reported with how to
-provide them.
+``timm.create_model("vit_digits")`` builds it too. Pretrained timm weights come through timm's
+own loading (its cache, and the hub only when the machine can reach it); offline with nothing
+cached, ``create_model`` fails at once with how to provide them. The embedded default never
+needs the network.
 
 ``vit_digits`` is a DeiT (Touvron et al., ICML 2021) ``VisionTransformerDistilled`` with a
 small convolutional stem in place of the patch embedding (Xiao et al., "Early convolutions help
@@ -15,6 +16,8 @@ Its blocks are plain timm ``Block`` / ``Attention``, so ToMe patches it like any
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,24 +189,72 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
     return model
 
 
-def _cached_weights(name: str) -> bool:
-    """Whether timm's pretrained weights for ``name`` are in the local cache (no network)."""
+# Where timm would fetch pretrained weights from, to decide whether it can run offline.
+_HUB_HOST = ("huggingface.co", 443)
+_PROBE_TIMEOUT_S = 3.0
+
+
+def _weights_cached(name: str) -> bool:
+    """Whether the file timm's loader would read for ``name`` is already on this machine.
+
+    Follows timm's own choice of source (``timm.models._builder._resolve_pretrained_source``):
+    the Hugging Face hub when the config names a hub id, else the URL (torch hub cache), else
+    a local file. Only that source counts, so a stray torch-hub file does not stand in for a
+    hub checkpoint that timm would try to fetch first.
+    """
     from timm.models import get_pretrained_cfg
+    from timm.models._builder import _resolve_pretrained_source
 
     cfg = get_pretrained_cfg(name)
     if cfg is None:
         return False
-    if cfg.hf_hub_id:
+    source, loc = _resolve_pretrained_source(cfg.to_dict())
+    if source == "hf-hub":
         from huggingface_hub import try_to_load_from_cache
+        from timm.models._hub import hf_split
 
-        for fname in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
-                      "open_clip_pytorch_model.bin"):
-            hit = try_to_load_from_cache(cfg.hf_hub_id, fname)
-            if isinstance(hit, str):
-                return True
-    if cfg.url:
-        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
-    return bool(cfg.file) and Path(cfg.file).is_file()
+        repo, fname = loc if isinstance(loc, tuple) else (loc, None)
+        repo, revision = hf_split(repo)
+        names = [fname] if fname else ["model.safetensors", "open_clip_model.safetensors",
+                                       "pytorch_model.bin", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, f, revision=revision), str)
+                   for f in names)
+    if source == "url":
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(loc).name).is_file()
+    if source in ("file", "local-dir"):
+        return bool(loc) and Path(loc).exists()
+    return source == "state_dict"
+
+
+def _online(address: tuple[str, int] = _HUB_HOST, timeout: float = _PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the weights host opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except Exception:  # OSError, DNS failure, or a socket blocked by pytest-socket
+        return False
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Puts huggingface_hub in offline mode (cache only) for the duration, when ``offline``.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` from the environment once, at import; its
+    ``constants.HF_HUB_OFFLINE`` is what it consults on each call, so that is what is set.
+    """
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
 
 
 def create_model(cfg: ModelConfig | None = None) -> nn.Module:
@@ -211,7 +262,8 @@ def create_model(cfg: ModelConfig | None = None) -> nn.Module:
 
     - ``checkpoint=PATH``: random init, then the file's weights (safetensors or torch).
     - ``vit_digits`` with ``pretrained``: the committed zoo checkpoint.
-    - another timm name with ``pretrained``: timm's weights from the local cache only.
+    - another timm name with ``pretrained``: timm's loading (its cache, or the hub when a
+      3-second connection probe to it succeeds).
     - ``pretrained=False``: random init (speed-only runs).
 
     Raises:
@@ -229,20 +281,23 @@ def create_model(cfg: ModelConfig | None = None) -> nn.Module:
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"unknown timm model {cfg.name!r}.{hint} "
                          f"The embedded default is {EMBEDDED!r}; see timm.list_models().")
-    # Belt and braces: whatever timm tries, the Hugging Face hub stays offline.
-    os.environ["HF_HUB_OFFLINE"] = "1"
     if cfg.checkpoint is not None:
         model = timm.create_model(cfg.name, pretrained=False)
         load_checkpoint(model, cfg.checkpoint)
     elif cfg.pretrained and cfg.name != EMBEDDED:
-        if not _cached_weights(cfg.name):
+        # timm's own loading: its cache, and the hub only when this machine can reach it;
+        # offline and uncached, say how to provide weights instead of waiting on the network.
+        online = _online()
+        if not online and not _weights_cached(cfg.name):
             raise ValueError(
-                f"no pretrained weights for {cfg.name!r} in the local timm / Hugging Face cache, "
-                f"and tome_lab never downloads. Provide them with checkpoint=PATH "
-                f"(a .safetensors file or a torch state dict), copy the Hugging Face cache "
-                f"(~/.cache/huggingface/hub) from a machine with network, or use "
-                f"pretrained=False for random weights (speed only).")
-        model = timm.create_model(cfg.name, pretrained=True)
+                f"no pretrained weights for {cfg.name!r} in timm's cache and no network to "
+                f"fetch them. Provide them with checkpoint=PATH (--checkpoint: a .safetensors "
+                f"file or a torch state dict), or fill timm's cache on a machine with network "
+                f"(timm.create_model({cfg.name!r}, pretrained=True) there, then copy "
+                f"~/.cache/huggingface/hub, or set HF_HUB_CACHE / TORCH_HOME); "
+                f"pretrained=False gives random weights for speed-only runs.")
+        with _hub_offline(not online):
+            model = timm.create_model(cfg.name, pretrained=True)
     else:
         model = timm.create_model(cfg.name, pretrained=cfg.pretrained)
     return model.eval()

@@ -13,7 +13,7 @@ tokens, average pooling, LayerScale, qk-norm, scale-norm, gated attention).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -175,6 +175,7 @@ def vit_spec(model: nn.Module) -> ViTSpec:
         class_token=bool(getattr(model, "has_class_token", model.cls_token is not None)),
         attn_dim=attn.num_heads * attn.head_dim,
         head_dim=attn.head_dim,
+        embed_dim=model.embed_dim,
         attn_token_flops=attn_flops,
         mlp_token_flops=_token_flops(blk.norm2) + _token_flops(blk.mlp),
         final_token_flops=_token_flops(model.norm),
@@ -306,9 +307,19 @@ def apply_tome(model: nn.Module, r: int | list[int] = 16, matching: str = "bipar
     return apply_config(model, cfg)
 
 
+def config_spec(spec: ViTSpec, cfg: ToMeConfig) -> ViTSpec:
+    """``spec`` with what the matching costs under ``cfg`` (for the analytic FLOP count)."""
+    if cfg.head_agg == "concat":
+        width = spec.embed_dim if cfg.feature == "x" else spec.attn_dim
+    else:
+        width = spec.embed_dim if cfg.feature == "x" else spec.head_dim
+    return replace(spec, matching=cfg.matching, metric_dim=width, partition=cfg.partition,
+                   matching_options=tuple(sorted(cfg.matching_options().items())))
+
+
 def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
     """:func:`apply_tome` from a :class:`~tome_lab.config.ToMeConfig`."""
-    spec = vit_spec(model)
+    spec = config_spec(vit_spec(model), cfg)
     rs = SCHEDULES.get(cfg.schedule)(cfg.r, spec, **cfg.schedule_options())
     match_fn = MATCHING.get(cfg.matching)
     if cfg.matching == "none":  # the no-merge baseline plans no merges
@@ -358,5 +369,5 @@ def is_patched(model: nn.Module) -> bool:
     return tome_state(model) is not None
 
 
-__all__ = ["ToMeState", "apply_config", "apply_tome", "is_patched", "remove_tome", "tome_state",
-           "vit_spec"]
+__all__ = ["ToMeState", "apply_config", "apply_tome", "config_spec", "is_patched",
+           "remove_tome", "tome_state", "vit_spec"]

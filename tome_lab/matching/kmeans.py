@@ -37,17 +37,19 @@ def kmeans(ctx: MatchContext, r: int, iters: int = 5) -> tuple[MergeFn, MergeFn]
             cent = torch.where(den[..., None] > 0, num / den.clamp_min(1e-12)[..., None], cent)
         s = similarity(u, cent, ctx.distance)  # (B, M, K)
         a = s.argmax(dim=-1)
-        for _ in range(4):  # refill empty clusters; one pass nearly always suffices
+        # Refill empty clusters with the tokens that fit their own cluster worst. The pass
+        # count and the candidate count (k) are fixed, with a validity mask instead of a
+        # data-dependent size or early exit, so the whole matcher traces into one graph
+        # (torch.compile fullgraph); one pass nearly always suffices.
+        slots = torch.arange(k, device=dev)
+        for _ in range(4):
             counts = torch.zeros(b, k, device=dev).scatter_add_(1, a, torch.ones_like(w))
             n_empty = (counts == 0).sum(dim=1)  # (B,)
-            e = int(n_empty.max())
-            if e == 0:
-                break
             fit = s.gather(-1, a[..., None])[..., 0]  # similarity to own centroid
             fit = fit.masked_fill(counts.gather(1, a) <= 1, float("inf"))  # keep singletons
-            worst = fit.argsort(dim=1)[:, :e]  # (B, e) tokens that fit worst
-            empty = (counts == 0).float().argsort(dim=1, descending=True, stable=True)[:, :e]
-            valid = torch.arange(e, device=dev) < n_empty[:, None]
-            a.scatter_(1, worst, torch.where(valid, empty, a.gather(1, worst)))
+            worst = fit.argsort(dim=1)[:, :k]  # (B, k) tokens that fit worst (k <= m)
+            empty = (counts == 0).float().argsort(dim=1, descending=True, stable=True)
+            valid = slots < n_empty[:, None]  # (B, k): only the first n_empty move
+            a = a.scatter(1, worst, torch.where(valid, empty, a.gather(1, worst)))
         assign = torch.cat([torch.arange(p, device=dev).expand(b, -1), a + p], dim=1)
     return group_merge_fns(assign, n - r)

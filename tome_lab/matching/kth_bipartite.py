@@ -21,6 +21,10 @@ def kth_bipartite(ctx: MatchContext, r: int, k: int = 4) -> tuple[MergeFn, Merge
     if not isinstance(k, int) or k < 2:
         raise ValueError(f"kth_bipartite needs an int k >= 2, got k={k!r}")
     b, n, _ = ctx.metric.shape
-    pos = torch.arange(ctx.num_prefix, n, device=ctx.metric.device)
-    is_dst = (pos - ctx.num_prefix) % k == 0
-    return match_sets(ctx, r, pos[~is_dst].expand(b, -1), pos[is_dst].expand(b, -1))
+    p, dev = ctx.num_prefix, ctx.metric.device
+    # positions from Python ints (not a boolean mask) so the set sizes are static under
+    # torch.compile
+    dst = [i for i in range(p, n) if (i - p) % k == 0]
+    src = [i for i in range(p, n) if (i - p) % k != 0]
+    return match_sets(ctx, r, torch.tensor(src, device=dev).expand(b, -1),
+                      torch.tensor(dst, device=dev).expand(b, -1))

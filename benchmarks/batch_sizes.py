@@ -1,0 +1,106 @@
+"""Throughput of tome_lab against timm by batch size, eager and torch.compile'd, as ratios.
+
+Run from the repository root (the command recorded in benchmarks/README.md):
+
+    .venv/bin/python benchmarks/batch_sizes.py --batch-sizes 1,8,32 --r 0,8,16 --repeats 5
+
+For each batch size, every variant (timm, then tome_lab at each r; eager, and compiled with
+``--compile``) is timed in the same process, interleaved round by round after warm-up, so
+that a busy machine slows all of them alike; the table gives median images/s and the ratio to
+timm in the same mode (eager to eager, compiled to compiled) and, for compiled tome_lab, to
+timm eager too. Random weights: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+
+import timm
+import torch
+
+import tome_lab
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def _variants(name: str, rs: list[int], compile_: bool) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    base = timm.create_model(name, pretrained=False).eval()
+    out: dict[str, torch.nn.Module] = {"timm eager": base}
+    for r in rs:
+        out[f"r={r} eager"] = tome_lab.apply_tome(copy.deepcopy(base), r=r)
+    if compile_:
+        out["timm compiled"] = torch.compile(base, fullgraph=True)
+        for r in rs:
+            out[f"r={r} compiled"] = torch.compile(out[f"r={r} eager"], fullgraph=True)
+    return out
+
+
+@torch.inference_mode()
+def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, iters: int,
+            compile_: bool) -> dict[str, float]:
+    """Median images/s of each variant at one batch size, timed interleaved."""
+    models = _variants(name, rs, compile_)
+    x = torch.randn(batch, 3, 224, 224)
+    for m in models.values():  # warm-up (and compilation)
+        for _ in range(warmup):
+            m(x)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                m(x)
+            times[k].append((time.perf_counter() - t0) / iters)
+    return {k: batch / statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="deit_small_patch16_224")
+    ap.add_argument("--batch-sizes", type=_ints, default=[1, 8, 32, 128])
+    ap.add_argument("--r", type=_ints, default=[0, 8, 16])
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per variant")
+    ap.add_argument("--iters", type=int, default=0,
+                    help="calls per round (0: enough for about 64 images, at least 1)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile variants")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    args = ap.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.iters < 0:
+        ap.error("--repeats must be >= 1, --warmup and --iters >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    print("| batch | variant | img/s | vs timm (same mode) | vs timm eager |")
+    print("|---|---|---|---|---|")
+    for b in args.batch_sizes:
+        iters = args.iters or max(1, 64 // b)
+        ips = measure(args.model, b, args.r, args.repeats, args.warmup, iters, args.compile)
+        for k, v in ips.items():
+            mode = "compiled" if k.endswith("compiled") else "eager"
+            same = v / ips[f"timm {mode}"]
+            eager = v / ips["timm eager"]
+            rows.append(dict(batch=b, variant=k, img_s=v, vs_same=same, vs_eager=eager))
+            print(f"| {b} | {k} | {v:.1f} | {same:.2f}x | {eager:.2f}x |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(argv=sys.argv, torch=torch.__version__, timm=timm.__version__,
+                           threads=torch.get_num_threads(), rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

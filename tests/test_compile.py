@@ -1,0 +1,56 @@
+"""torch.compile(fullgraph=True) of patched models: no graph break, same outputs as eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_vit
+
+import tome_lab
+from tome_lab.registry import MATCHING, SCHEDULES
+
+SCHEDULE_ARGS = {"constant": {}, "list": dict(r=[4, 0, 2]), "linear": dict(start=4, end=1),
+                 "decreasing": {}, "increasing": {}, "flops": dict(gflops=0.004)}
+
+
+def _compiled_equals_eager(m, x, backend="eager", seed=0):
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True, backend=backend)
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        want = m(x)
+        want_tokens = list(tome_lab.tome_state(m).tokens)
+        torch.manual_seed(seed)
+        got = compiled(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert tome_lab.tome_state(m).tokens == want_tokens
+
+
+@pytest.mark.parametrize("matching", sorted(MATCHING.names()))
+def test_every_matcher_traces_in_one_graph(matching):
+    """fullgraph=True raises on any graph break (a .item(), a data-dependent shape ...)."""
+    m = tome_lab.apply_tome(tiny_vit(), r=3, matching=matching)
+    _compiled_equals_eager(m, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES.names()))
+def test_every_schedule_traces_in_one_graph(schedule):
+    kw = {"r": 3, **SCHEDULE_ARGS[schedule]}
+    m = tome_lab.apply_tome(tiny_vit(), schedule=schedule, **kw)
+    _compiled_equals_eager(m, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("options", [
+    dict(prop_attn=False), dict(trace_source=True), dict(partition="random"),
+    dict(feature="x", head_agg="concat", distance="euclidean", combine="max"),
+])
+def test_knobs_trace_in_one_graph(options):
+    m = tome_lab.apply_tome(tiny_vit("deit_tiny_distilled_patch16_224"), r=3, **options)
+    _compiled_equals_eager(m, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.slow
+def test_inductor_compiled_deit_tiny_equals_eager():
+    """The real compiler (inductor) on a random-initialised DeiT-T, 96 px to stay fast."""
+    m = tome_lab.apply_tome(tiny_vit(img_size=96, depth=12, embed_dim=192, num_heads=3), r=4)
+    _compiled_equals_eager(m, torch.randn(2, 3, 96, 96), backend="inductor")
