@@ -82,7 +82,8 @@ def test_dataset_feeds_the_model_normalised():
     assert x.shape == (1, 56, 56) and x.dtype == torch.float32
     s = c.generate("val")
     i = int(np.sort(np.random.default_rng(0).permutation(1000)[:4])[0])  # build_dataset's cut
-    expect = (torch.from_numpy(s.images[i].copy()) - 0.14) / 0.25
+    (mean,), (std,) = c._CLUTTER_CFG["mean"], c._CLUTTER_CFG["std"]
+    expect = (torch.from_numpy(s.images[i].copy()) - mean) / std
     torch.testing.assert_close(x[0], expect, atol=1e-5, rtol=0)
     assert int(y) == int(s.labels[i])
 
@@ -141,13 +142,17 @@ def test_evaluate_end_to_end():
 
 
 def test_train_end_to_end_lowers_the_loss():
-    from tome_lab.train import TrainConfig, train
+    from tome_lab.config import TrainConfig, TrainRunConfig
+    from tome_lab.train import train
 
-    out = train(TrainConfig(model="vit_clutter", data="clutter", epochs=6, batch_size=16,
-                            limit=16, max_steps=6, teacher="none", augment=False,
-                            speed_steps=0, progress=False, drop_path=0.0, threads=1,
-                            warmup_epochs=0.0, eval_every=100))
+    out = train(TrainRunConfig(
+        model=ModelConfig(name="vit_clutter", pretrained=False),
+        data=DataConfig(name="clutter", limit=16),
+        train=TrainConfig(epochs=6, batch_size=16, max_steps=6, teacher="none", augment=False,
+                          speed_steps=0, progress=False, drop_path=0.0, threads=1,
+                          warmup_epochs=0.0, eval_every=100, select="last")))
     assert out["steps"] == 6 and out["last_loss"] < out["first_loss"] - 0.1
+    assert out["split"] == "test" and out["splits"] == {"train": 16, "val": 16, "test": 16}
 
 
 def test_pretrained_without_checkpoint_says_how_to_train(monkeypatch, tmp_path):
