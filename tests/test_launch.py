@@ -208,6 +208,36 @@ def test_local_timeout_requeues_and_finishes(tmp_path, control):
     launch_fns.timeout_scenario(tmp_path, cfg)
 
 
+@pytest.mark.slow
+def test_local_preempted_job_requeues_and_finishes(tmp_path, control):
+    # SIGUSR2 before the time limit is how submitit learns of a pre-emption
+    cfg = LaunchConfig(launcher="local", wait=False, poll_s=0.5)
+    folder = tmp_path / "s"
+    pts = launch_fns.points("hang")
+    launch.run(pts, folder, FN, cfg, progress=False)
+    launch_fns.wait_for(lambda: launch_fns.count(control, "started", 0) == 1, what="the start")
+    os.kill(launch_fns.pids(control, "started", 0)[0], signal.SIGUSR2)
+    records, code = launch.status(folder, do_wait=True, poll_s=0.5)
+    assert code == 0 and records[0]["metrics"]["top1"] == 0.0
+    assert records[0]["job"]["attempt"] == 2
+    assert launch_fns.count(control, "finished", 0) == 1
+
+
+@pytest.mark.slow
+def test_relaunch_does_not_resubmit_points_held_by_a_live_job(tmp_path, control):
+    folder = tmp_path / "s"
+    pts = launch_fns.points("ok", "ok")
+    launch.run(pts, folder, FN, LaunchConfig(launcher="local", wait=False), progress=False)
+    # at once again, waiting: both points are queued or running in the first launch's jobs
+    plan, _ = launch.plan(pts, folder, FN)
+    assert plan.action == ["live", "live"]
+    records = launch.run(pts, folder, FN, LaunchConfig(launcher="local", poll_s=0.5),
+                         progress=False)
+    assert [r["state"] for r in records] == ["done", "done"]
+    assert [r["ran"] for r in records] == [False, False]
+    assert [launch_fns.count(control, "started", x) for x in range(2)] == [1, 1]
+
+
 def test_status_command_without_a_launch_exits_2(tmp_path, capsys):
     assert launch.main(["status", str(tmp_path)]) == 2
     assert "holds no launch" in capsys.readouterr().err

@@ -615,6 +615,8 @@ def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: st
         _run_local(points, the_plan, idents, todo, str(fn_spec), cfg, folder, progress)
     else:
         _run_slurm(points, the_plan, idents, todo, str(fn_spec), cfg, folder, progress)
+    if cfg.launcher != "inline" and cfg.wait:  # also for points held by an earlier launch
+        wait(points, the_plan.dirs, cfg.poll_s, progress)
     return collect(points, the_plan.dirs, ran=set(todo))
 
 
@@ -751,9 +753,6 @@ def _run_slurm(points: Sequence[PointLike], the_plan: Plan, idents: list[dict[st
         if not cfg.wait:
             print(f"status: python -m tome_lab.launch status {folder}   "
                   f"(cancel: scancel {array})", file=sys.stderr)
-            return
-    if cfg.wait:
-        wait(points, the_plan.dirs, cfg.poll_s, progress)
 
 
 # --------------------------------------------------------------------------- waiting, status
@@ -793,11 +792,13 @@ class _Progress:
         self.last: list[str] = []
 
     def update(self) -> list[str]:
-        self.last = states(self.dirs)
-        counts = {s: self.last.count(s) for s in ("done", "failed", "running", "queued")}
-        self.bar.n = counts["done"] + counts["failed"]
-        self.bar.set_postfix(counts, refresh=True)
-        return self.last
+        now = states(self.dirs)
+        if now != self.last:  # redraw on a change only: a log file gets one line per change
+            counts = {s: now.count(s) for s in ("done", "failed", "running", "queued")}
+            self.bar.n = counts["done"] + counts["failed"]
+            self.bar.set_postfix(counts, refresh=True)
+        self.last = now
+        return now
 
     def close(self) -> None:
         self.bar.close()
