@@ -198,14 +198,24 @@ def test_model_is_audiomae_layout_with_128_time_frequency_patches():
     assert m.num_prefix_tokens == 0 and m.cls_token is None and m.global_pool == "avg"
     assert m.pos_embed.shape == (1, 128, 64)  # one position per spectrogram patch
     assert m(torch.randn(2, 1, 64, 128)).shape == (2, 10)
-    # Patch (f, t) sees mel bands 8f..8f+7 and frames 8t..8t+7: changing one frame of one
-    # band changes that patch's embedding only.
+    # Token (f, t) is the 8 x 8 cell of mel bands 8f..8f+7 and frames 8t..8t+7 (its stem
+    # sees a pixel into each neighbour): a change inside one cell moves that token most and
+    # only tokens next to it.
     x = torch.randn(1, 1, 64, 128)
     x2 = x.clone()
-    x2[0, 0, 19, 45] += 1.0  # band 19 -> row 2, frame 45 -> column 5
+    x2[0, 0, 20, 44] += 3.0  # band 20 -> row 2, frame 44 -> column 5 (inside the cell)
     with torch.no_grad():
-        diff = (m.patch_embed(x2) - m.patch_embed(x)).abs().sum(-1)[0]  # (128,)
-    assert diff.nonzero().flatten().tolist() == [2 * 16 + 5]
+        diff = (m.patch_embed(x2) - m.patch_embed(x)).abs().sum(-1)[0].view(8, 16)
+    assert int(diff.flatten().argmax()) == 2 * 16 + 5
+    rows, cols = diff.nonzero(as_tuple=True)
+    assert (rows - 2).abs().max() <= 1 and (cols - 5).abs().max() <= 1
+
+
+def test_spec_stem_rejects_other_strides_and_sizes():
+    with pytest.raises(ValueError, match="stride of 8"):
+        sd.SpecStem(patch_size=16)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        sd.SpecStem(img_size=(60, 128))
 
 
 def test_patch_at_r0_equals_unpatched_and_merges_at_r():
