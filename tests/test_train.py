@@ -3,6 +3,7 @@ looks at val only; runs are deterministic on the CPU; bad input exits 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -41,6 +42,17 @@ def test_same_seed_same_run():
     b = train(_cfg(max_steps=2))
     assert a["last_loss"] == b["last_loss"] and a["top1"] == b["top1"]
     assert not torch.are_deterministic_algorithms_enabled()  # the run restored the flag
+
+
+def test_loader_workers_and_compile_leave_the_run_unchanged():
+    """Two DataLoader workers and torch.compile (a tracing backend, to stay fast) give the same
+    steps as the plain CPU run: same batches, same arithmetic."""
+    plain = train(_cfg(max_steps=2))
+    workers = train(dataclasses.replace(_cfg(max_steps=2), data=DataConfig(
+        name="digits", limit=32, num_workers=2)))
+    compiled = train(_cfg(max_steps=2, compile=True, compile_backend="eager"))
+    assert workers["last_loss"] == plain["last_loss"]
+    assert compiled["last_loss"] == pytest.approx(plain["last_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
