@@ -159,3 +159,9 @@ def timeout_scenario(tmp_path: Path, cfg: Any) -> None:
     assert records[0]["metrics"]["top1"] == 0.0
     assert records[0]["job"]["attempt"] == 2
     assert count(control, "started", 0) == 2 and count(control, "finished", 0) == 1
+
+
+def experiment_fn(cfg: Any) -> dict[str, Any]:
+    """A point function over ExperimentConfig for the ablate command-line tests: top-1 = r."""
+    _log("started", cfg.tome.r)
+    return {"top1": float(cfg.tome.r), "gflops": 1.0, "device": "cpu", "dtype": "fp32"}

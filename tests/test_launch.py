@@ -146,25 +146,41 @@ def test_bad_point_function_fails_before_anything_runs(tmp_path, control):
 
 
 def _state_changer(cfg):
+    import random
+
+    import numpy as np
+
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(1234)
-    return {"top1": torch.rand(()).item()}
+    random.seed(1234)
+    np.random.seed(1234)
+    return {"top1": torch.rand(()).item() + random.random() + np.random.rand()}
 
 
 def test_inline_restores_threads_determinism_and_rng(tmp_path, control, monkeypatch):
+    import random
+
+    import numpy as np
+
     monkeypatch.setattr(launch_fns, "state_changer", _state_changer, raising=False)
     torch.set_num_threads(2)
     torch.manual_seed(7)
+    random.seed(7)
+    np.random.seed(7)
     det = torch.are_deterministic_algorithms_enabled()
-    before = torch.get_rng_state()
-    expected = torch.rand(3)  # what the next draws are when nothing touches the RNG
-    torch.set_rng_state(before)
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    # what the next draws are when nothing touches the generators
+    expected = torch.rand(3), random.random(), np.random.rand()
+    torch.set_rng_state(states[0])
+    random.setstate(states[1])
+    np.random.set_state(states[2])
     launch.run(launch_fns.points("ok", "ok"), tmp_path / "s", "launch_fns:state_changer",
                progress=False)
     assert torch.get_num_threads() == 2
     assert torch.are_deterministic_algorithms_enabled() == det
-    assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert random.random() == expected[1] and np.random.rand() == expected[2]
 
 
 def test_result_files_are_readable_by_others_and_the_folder_is_synced(tmp_path, monkeypatch):
@@ -215,6 +231,7 @@ def test_local_preempted_job_requeues_and_finishes(tmp_path, control):
     folder = tmp_path / "s"
     pts = launch_fns.points("hang")
     launch.run(pts, folder, FN, cfg, progress=False)
+    assert launch.status(folder)[1] == 3  # queued or running
     launch_fns.wait_for(lambda: launch_fns.count(control, "started", 0) == 1, what="the start")
     os.kill(launch_fns.pids(control, "started", 0)[0], signal.SIGUSR2)
     records, code = launch.status(folder, do_wait=True, poll_s=0.5)
@@ -258,3 +275,46 @@ def test_slurm_without_sbatch_says_how_to_get_one(tmp_path, control, monkeypatch
     with pytest.raises(RuntimeError, match="needs Slurm's sbatch.*slurm-local.sh"):
         launch.run(launch_fns.points("ok"), tmp_path / "s", FN, LaunchConfig(launcher="slurm"),
                    progress=False)
+
+
+# --------------------------------------------------------------------------- ablate's flags
+
+def test_ablate_local_launcher_prints_the_table_and_exits_0(tmp_path, control, capsys):
+    from tome_lab.ablate import main
+
+    argv = ["r=1,2", "--fn", "launch_fns:experiment_fn", "--out", str(tmp_path / "s"),
+            "--progress", "false", "--launcher", "local", "--launch.poll_s", "0.5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 point(s): 2 ran, 0 reused, 0 failed" in out and "2.00" in out
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "s").glob("*/result.json"))]
+    assert [r["job"]["launcher"] for r in recs] == ["local", "local"]
+    assert all(r["metrics"]["top1"] == r["config"]["tome"]["r"] for r in recs)
+    # the zoo checkpoint of the embedded model is part of each point's identity
+    zoo = recs[0]["identity"]["checkpoint"]
+    assert zoo["path"].endswith("vit_digits.safetensors") and len(zoo["sha256"]) == 64
+    assert main(argv + ["--rerun", "all"]) == 0
+    assert "2 ran, 0 reused" in capsys.readouterr().out
+    assert [launch_fns.count(control, "started", r) for r in (1, 2)] == [2, 2]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--launcher", "slrum"], "did you mean 'slurm'"),
+    (["--launcher", "nowhere.yaml"], "cannot read launcher file 'nowhere.yaml'"),
+    (["--launch.parallel", "0"], "launch.parallel must be an int >= 1"),
+    (["--rerun", "some"], "--rerun takes failed or all"),
+])
+def test_ablate_bad_launch_flags_exit_2(flags, message, tmp_path, capsys):
+    from tome_lab.ablate import main
+
+    assert main(["r=1", "--out", str(tmp_path / "s"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_ablate_slurm_without_sbatch_exits_2(tmp_path, monkeypatch, capsys):
+    from tome_lab.ablate import main
+
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    assert main(["r=1", "--out", str(tmp_path / "s"), "--launcher", "slurm"]) == 2
+    assert "--launcher slurm needs Slurm's sbatch" in capsys.readouterr().err
