@@ -346,10 +346,13 @@ def test_sigkill_mid_search_then_rerun_loses_and_doubles_nothing(tmp_path):
     assert killed.number not in set(df.trial)
 
 
-def test_two_local_workers_share_one_journal(tmp_path):
+def test_two_local_workers_share_one_journal(tmp_path, monkeypatch):
+    from tome_lab.launch import LaunchConfig
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # the workers import test_search
     scfg = _scfg(tmp_path, trials=10, fn=SLOW, sampler="tpe", baselines=False, workers=2)
     create_study(EXP, scfg)
-    ran = run_workers(EXP, scfg)
+    ran = run_workers(EXP, scfg, LaunchConfig(launcher="local"))
     study = _study(scfg)
     assert ran == 10 == len(study.get_trials(states=(TrialState.COMPLETE,)))
     assert budget_used(study) == 10 == len(study.trials)
@@ -394,3 +397,82 @@ def test_search_on_the_embedded_model_and_pareto_yaml_feeds_evaluate(tmp_path, s
     model(torch.zeros(1, 1, 32, 32))
     assert tome_lab.tome_state(model).tokens == tokens_per_layer(spec, d["tome"]["r"])
     assert isinstance(ToMeConfig(r=d["tome"]["r"]).r, tuple)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _cli(tmp_path, *extra):
+    return ["--data.limit", "32", "--search.name", "cli", "--search.out", str(tmp_path),
+            "--search.fn", FAKE, *extra]
+
+
+def test_command_line_runs_a_search_and_prints_the_frontier(tmp_path, capsys):
+    from tome_lab.search import main
+
+    assert main(_cli(tmp_path, "--search.trials", "16", "--search.sampler", "random")) == 0
+    out = capsys.readouterr().out
+    assert "Pareto schedules" in out and "constant-r4" in out and "decreasing-r3" in out
+    assert len(results.load(tmp_path / "cli")) == 16
+    assert (tmp_path / "cli-pareto.yaml").is_file()
+    # the same command again resumes: nothing new runs
+    assert main(_cli(tmp_path, "--search.trials", "16", "--search.sampler", "random")) == 0
+    assert len(_study(_scfg(tmp_path, name="cli")).trials) == 16
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--search.sampler", "cmaes"), "valid: tpe, nsga2, random"),
+    (("--search.workers", "2"), "needs --launcher local or slurm"),
+    (("--search.objectives", "[top1,img_per_s]"), "eval.speed"),
+    (("--search.fn", "nowhere:fn"), "cannot load point function"),
+    (("--launcher", "cluster"), "launcher"),
+])
+def test_command_line_bad_input_exits_2(tmp_path, capsys, extra, message):
+    from tome_lab.search import main
+
+    assert main(_cli(tmp_path, *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_print_config_has_the_search_section(capsys):
+    from tome_lab.search import main
+
+    assert main(["--print_config", "--search.trials", "7"]) == 0
+    d = yaml.safe_load(capsys.readouterr().out)
+    assert d["search"]["trials"] == 7 and d["search"]["split"] == "val"
+    assert set(d) >= {"model", "data", "tome", "eval", "search"}
+
+
+def test_optuna_dashboard_reads_the_study_journal(tmp_path):
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    scfg = _scfg(tmp_path, trials=2, baselines=False, sampler="random")
+    search(EXP, scfg, test=False)
+    app = wsgi(storage_spec(scfg, "t"))  # a journal file path, as on the command line
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = "/api/studies"
+    status: list = []
+
+    def get(path: str) -> dict:
+        environ["PATH_INFO"] = path
+        body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+        assert status[-1].startswith("200")
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["t"]
+    detail = get(f"/api/studies/{studies[0]['study_id']}")
+    assert len(detail["trials"]) == 2 and 1 <= len(detail["best_trials"]) <= 2
+
+
+def test_an_rdb_url_is_used_as_the_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    scfg = _scfg(tmp_path, trials=3, baselines=False, sampler="random", storage=url)
+    search(EXP, scfg, test=False)
+    study = optuna.load_study(study_name="t", storage=url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert not (tmp_path / "t.journal").exists() and len(_records(scfg)) == 3

@@ -240,6 +240,10 @@ def build_parser() -> Any:
     def extra(parser: Any) -> None:
         parser.add_argument("--json", action="store_true",
                             help="Print the result as one JSON line instead of a table.")
+        parser.add_argument("--sweep", type=list[str], default=[],
+                            help="The sweep words of an ablation file given as --config (e.g. "
+                                 "a search's pareto.yaml): evaluate runs its base "
+                                 "configuration only, and says so.")
 
     return cli.build_parser(ExperimentConfig, PROG, DESCRIPTION, ALIASES, extra)
 
@@ -249,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         cfg, ns = cli.parse(build_parser(), ExperimentConfig, argv, ALIASES)
+        if ns.sweep:
+            print(f"note: the sweep words {list(ns.sweep)} are ablate's; evaluating the base "
+                  f"configuration (python -m tome_lab.ablate --config runs them all)",
+                  file=sys.stderr)
         with cli.setting_up():
             prepared = prepare(cfg)
         with cli.running():

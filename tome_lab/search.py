@@ -48,7 +48,16 @@ from typing import Any
 import yaml
 
 from tome_lab import results
-from tome_lab.config import ExperimentConfig, ToMeConfig, config_hash, from_dict, to_dict
+from tome_lab.config import (
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    ModelConfig,
+    ToMeConfig,
+    config_hash,
+    from_dict,
+    to_dict,
+)
 from tome_lab.flops import ViTSpec, analytic_gflops, tokens_per_layer
 from tome_lab.merge import clamp_r
 
@@ -653,22 +662,77 @@ def _progress(study: Any, scfg: SearchConfig, t: Any, worker: int) -> None:
           f"({budget_used(study)}/{scfg.trials})", file=sys.stderr, flush=True)
 
 
-def _worker_entry(args: tuple[dict[str, Any], dict[str, Any], int]) -> int:
-    exp_d, scfg_d, worker = args
-    return run_worker(from_dict(ExperimentConfig, exp_d), from_dict(SearchConfig, scfg_d), worker)
+def _worker_job_fn(exp_d: dict[str, Any], scfg_d: dict[str, Any], worker: int) -> int:
+    return run_worker(from_dict(ExperimentConfig, exp_d), from_dict(SearchConfig, scfg_d),
+                      worker)
 
 
-def run_workers(exp: ExperimentConfig, scfg: SearchConfig) -> int:
-    """Runs ``scfg.workers`` workers (this process when 1, else local processes)."""
-    if scfg.workers == 1:
+def _worker_job() -> Any:
+    """A submitit job running one worker; a timed-out or pre-empted job requeues itself
+    (submitit's ``Checkpointable``) and carries on with the study."""
+    import submitit
+
+    class WorkerJob(submitit.helpers.Checkpointable):
+        def __call__(self, exp_d: dict[str, Any], scfg_d: dict[str, Any], worker: int) -> int:
+            return _worker_job_fn(exp_d, scfg_d, worker)
+
+    return WorkerJob()
+
+
+def run_workers(exp: ExperimentConfig, scfg: SearchConfig, launcher: Any = None) -> int:
+    """Runs ``scfg.workers`` workers on the study and waits for them.
+
+    ``inline`` (or no launcher) runs one worker in this process; ``local`` starts one
+    process per worker with submitit's local executor; ``slurm`` submits one job array of
+    ``scfg.workers`` jobs (settings from the :class:`tome_lab.launch.LaunchConfig`).
+
+    Returns:
+        The trials the workers ran.
+
+    Raises:
+        ValueError: several workers with the inline launcher.
+        RuntimeError: a worker job failed (its log is named).
+    """
+    kind = "inline" if launcher is None else launcher.launcher
+    if kind == "inline":
+        if scfg.workers > 1:
+            raise ValueError("several workers need launcher local or slurm")
         return run_worker(exp, scfg)
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    import submitit
 
-    args = [(_exp_dict(exp), _plain({f.name: getattr(scfg, f.name) for f in fields(scfg)}), w)
-            for w in range(scfg.workers)]
-    with ProcessPoolExecutor(scfg.workers, mp_context=mp.get_context("spawn")) as pool:
-        return sum(pool.map(_worker_entry, args))
+    from tome_lab import launch
+
+    name = scfg.study_name(exp)
+    logs = Path(launcher.log_dir) if launcher.log_dir else Path(scfg.out) / ".launch" / name
+    args = [_exp_dict(exp), _plain({f.name: getattr(scfg, f.name) for f in fields(scfg)})]
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=logs / "%j", python=launcher.python,
+                                          max_num_timeout=launcher.max_requeue)
+        executor.update_parameters(timeout_min=launcher.time_min,
+                                   signal_delay_s=launcher.signal_delay_s,
+                                   gpus_per_node=launcher.gpus_per_task,
+                                   setup=list(launcher.setup))
+        jobs = [executor.submit(_worker_job(), *args, w) for w in range(scfg.workers)]
+    else:
+        executor = submitit.SlurmExecutor(folder=logs / "%j", python=launcher.python,
+                                          max_num_timeout=launcher.max_requeue)
+        executor.update_parameters(**launch.slurm_parameters(launcher, scfg.workers, name))
+        with executor.batch():
+            jobs = [executor.submit(_worker_job(), *args, w) for w in range(scfg.workers)]
+        print(f"submitted {scfg.workers} worker(s) as Slurm job array "
+              f"{jobs[0].job_id.split('_')[0]}", file=sys.stderr)
+    if not launcher.wait:
+        print(f"workers running; watch with: optuna-dashboard {storage_spec(scfg, name)}; "
+              f"re-run the same command to collect the frontier", file=sys.stderr)
+        return 0
+    ran = 0
+    for job in jobs:
+        try:
+            ran += int(job.result())
+        except Exception as err:
+            raise RuntimeError(f"search worker job {job.job_id} failed (log: "
+                               f"{job.paths.stderr}): {err}") from None
+    return ran
 
 
 # --------------------------------------------------------------------------- the frontier
@@ -845,8 +909,121 @@ def format_report(summary: Mapping[str, Any], scfg: SearchConfig) -> str:
             f"pareto.yaml: {summary['pareto_yaml']}")
 
 
-def search(exp: ExperimentConfig, scfg: SearchConfig, test: bool = True) -> dict[str, Any]:
-    """Creates or resumes the study, runs the workers, then :func:`finish`."""
+def search(exp: ExperimentConfig, scfg: SearchConfig, test: bool = True,
+           launcher: Any = None) -> dict[str, Any]:
+    """Creates or resumes the study, runs the workers, then :func:`finish`.
+
+    Args:
+        exp: the model, data, base ToMe setting and evaluation settings of every trial.
+        scfg: the search.
+        test: re-score the Pareto schedules and the baselines on ``scfg.test_split``.
+        launcher: a :class:`tome_lab.launch.LaunchConfig` for the workers (None: inline).
+    """
     create_study(exp, scfg)
-    run_workers(exp, scfg)
+    run_workers(exp, scfg, launcher)
     return finish(exp, scfg, test=test)
+
+
+# --------------------------------------------------------------------------- command line
+
+@dataclass(frozen=True)
+class SearchRunConfig:
+    """``python -m tome_lab.search``'s configuration: ablate's sections plus ``search``.
+
+    Attributes:
+        model: which network.
+        data: which images (``search.split`` and ``search.test_split`` replace the split).
+        tome: the base ToMe setting (its r and schedule are what the search replaces).
+        eval: where and how to run (img/s is measured only when it is an objective).
+        seed: seeds torch and the loader (the sampler has ``search.seed``).
+        search: the search itself.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tome: ToMeConfig = field(default_factory=lambda: ToMeConfig(r=4))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(speed=False))
+    seed: int = 0
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def __post_init__(self) -> None:
+        if "img_per_s" in self.search.objectives and not self.eval.speed:
+            raise ValueError("search.objectives has img_per_s: turn on eval.speed "
+                             "(--eval.speed true)")
+
+    def experiment(self) -> ExperimentConfig:
+        """The ExperimentConfig every trial starts from."""
+        return ExperimentConfig(model=self.model, data=self.data, tome=self.tome,
+                                eval=self.eval, seed=self.seed)
+
+
+PROG = "python -m tome_lab.search"
+DESCRIPTION = """\
+Search per-layer r schedules with Optuna: one r per block, top-1 (up) and analytic
+GFLOPs (down) by default, scored on --search.split (val), then the Pareto schedules and the
+constant-r and decreasing baselines re-scored on --search.test_split (test). Re-running the
+same command resumes the study. Workers: --launcher local|slurm --search.workers N (inline:
+one, in this process).
+Watch a study with: optuna-dashboard <out>/<study>.journal
+Exit status: 0 ok, 2 bad input, 1 a crash."""
+
+
+def build_parser() -> Any:
+    """The jsonargparse parser: ablate's sections, ``search``, the launcher flags."""
+    from tome_lab import ablate, cli
+
+    def extra(parser: Any) -> None:
+        ablate._add_launch_arguments(parser)
+        parser.add_argument("--no_test", "--no-test", action="store_true",
+                            help="Do not re-score the Pareto schedules and baselines on "
+                                 "search.test_split.")
+
+    aliases = {**cli.MODEL_ALIASES, **cli.DATA_ALIASES, **cli.TOME_ALIASES,
+               **cli.EVAL_ALIASES, "--trials": "--search.trials",
+               "--workers": "--search.workers", "--budget": "--search.gflops_budget"}
+    return cli.build_parser(SearchRunConfig, PROG, DESCRIPTION, aliases, extra), aliases
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (0 ok, 2 bad input, 1 a crash)."""
+    from tome_lab import ablate, cli
+
+    def body() -> int:
+        parser, aliases = build_parser()
+        run, ns = cli.parse(parser, SearchRunConfig, argv, aliases)
+        with cli.setting_up():
+            launcher = ablate.launch_config(ns)
+            scfg = run.search
+            if launcher.launcher == "inline" and scfg.workers > 1:
+                raise ValueError(f"--search.workers {scfg.workers} needs --launcher local or "
+                                 f"slurm (inline runs one worker in this process)")
+            resolve_fn(scfg.fn)
+            exp = run.experiment()
+            create_study(exp, scfg)
+        name = scfg.study_name(exp)
+        print(f"study {name!r} in {storage_spec(scfg, name)}: {scfg.trials} trials, "
+              f"{scfg.workers} worker(s), launcher {launcher.launcher}", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            run_workers(exp, scfg, launcher)
+        except KeyboardInterrupt:
+            print("\ninterrupted: finished trials are kept; run the same command again to "
+                  "resume", file=sys.stderr)
+            return 130
+        if not launcher.wait:
+            return 0
+        wall = time.perf_counter() - t0
+        with cli.running():
+            summary = finish(exp, scfg, test=not ns.no_test)
+        print(format_report(summary, scfg))
+        print(f"\nsearch wall time {wall:.0f} s; records: {trials_dir(scfg, name)}")
+        return 0
+
+    return cli.run(PROG, body)
+
+
+if __name__ == "__main__":
+    # run the importable module's main, so that the worker jobs pickle as tome_lab.search.*
+    from tome_lab.search import main as _main
+
+    sys.exit(_main())
