@@ -318,3 +318,25 @@ def test_ablate_slurm_without_sbatch_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(launch.shutil, "which", lambda name: None)
     assert main(["r=1", "--out", str(tmp_path / "s"), "--launcher", "slurm"]) == 2
     assert "--launcher slurm needs Slurm's sbatch" in capsys.readouterr().err
+
+
+def test_claim_states_of_local_and_slurm_jobs():
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    live = {"launcher": "local", "host": host, "pid": os.getpid()}
+    assert launch.claim_state(None, {}) is None
+    assert launch.claim_state({**live, "state": "running"}, {}) == "running"
+    assert launch.claim_state({**live, "state": "queued"}, {}) == "queued"
+    assert launch.claim_state({**live, "pid": dead.pid, "state": "running"}, {}) == "ended"
+    # queued by a launcher that died: it never started, so it is simply unclaimed
+    assert launch.claim_state({**live, "pid": dead.pid, "state": "queued"}, {}) is None
+    assert launch.claim_state({**live, "host": host + "-other", "state": "running"}, {}) == "ended"
+    slurm = {"launcher": "slurm", "job_id": "7_1"}
+    assert launch.claim_state(slurm, {"7_1": "PENDING"}) == "queued"
+    assert launch.claim_state(slurm, {"7_1": "RUNNING"}) == "running"
+    assert launch.claim_state(slurm, {"7_1": "OUT_OF_MEMORY"}) == "ended"
+    assert launch.claim_state(slurm, {}) == "ended"  # squeue has forgotten it

@@ -467,7 +467,8 @@ def claim_state(claim: Mapping[str, Any] | None, squeue: Mapping[str, str]) -> s
     """``queued``, ``running`` or ``ended`` for a claim; None without a claim.
 
     A Slurm claim is read from ``squeue``'s states; a local claim is alive while its process
-    (on this host) runs; a claim from another host's local launcher counts as ended.
+    (on this host) runs; a claim from another host's local launcher counts as ended; a point
+    queued by a local launcher that has died counts as unclaimed (it never started).
     """
     if not claim:
         return None
@@ -479,7 +480,8 @@ def claim_state(claim: Mapping[str, Any] | None, squeue: Mapping[str, str]) -> s
             return "running"
         return "ended"
     if claim.get("host") != socket.gethostname() or not _pid_alive(claim.get("pid")):
-        return "ended"
+        # a point whose launcher died before starting it never ran: it is simply not claimed
+        return None if claim.get("state") == "queued" else "ended"
     return "queued" if claim.get("state") == "queued" else "running"
 
 
