@@ -7,6 +7,9 @@ Layout of a sweep folder (``runs/<sweep>/`` by default)::
             config.yaml                    the resolved configuration, written first
             result.json                    written last, atomically: its presence marks the
                                            point finished (status "ok" or "failed")
+            claim.json                     local / slurm only: the job that holds the point
+                                           (see tome_lab.launch)
+        .launch/                           the launcher's manifest, job scripts and job logs
         results.csv                        the table of the last sweep run into this folder
 
 ``result.json`` schema (version 1)::
