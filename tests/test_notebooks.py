@@ -10,6 +10,7 @@ from PIL import Image
 
 nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[dev]' (nbformat)")
 nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[dev]' (nbclient)")
+Config = pytest.importorskip("traitlets.config").Config  # nbclient's own dependency
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 
@@ -41,7 +42,11 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TOME_LAB_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("TOME_LAB_FIGURES", str(tmp_path / "figures"))
     nb = nbformat.read(ANALYSIS / name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+    # The kernel talks over Unix sockets (IPC): the test suite blocks network sockets.
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = str(tmp_path / "kernel")
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", config=config,
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first failing cell
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
