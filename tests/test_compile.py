@@ -10,7 +10,7 @@ import tome_lab
 from tome_lab.registry import MATCHING, SCHEDULES
 
 SCHEDULE_ARGS = {"constant": {}, "list": dict(r=[4, 0, 2]), "linear": dict(start=4, end=1),
-                 "decreasing": {}, "increasing": {}, "flops": dict(gflops=0.004)}
+                 "decreasing": {}, "increasing": {}, "flops": dict(gflops=0.003)}
 
 
 def _compiled_equals_eager(m, x, backend="eager", seed=0):

@@ -123,14 +123,15 @@ def test_analytic_equals_fvcore_for_every_setting(name, options):
     st = tome_lab.tome_state(m)
     got = tome_lab.count_flops(m, (3, 96, 96))
     assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
-    if options.get("matching", "bipartite") not in ("none", "random"):
+    free = options.get("matching") in ("none", "random") or "criterion" in options
+    if not free:  # the matcher's products are in the count
         assert analytic_gflops(st.spec, st.r) > analytic_gflops(st.spec, st.r, False)
 
 
 @pytest.mark.parametrize("options", [dict(matching="kmeans"), dict(matching="greedy"),
                                      dict(head_agg="concat"), dict(feature="x")])
 def test_flops_schedule_hits_its_target_whatever_the_matcher(deits, options):
-    """DeiT-S-like counts on DeiT-T: the schedule's fvcore count lands near the target."""
+    """On DeiT-T the schedule's fvcore count lands on the target, whatever the matcher."""
     m = deits["deit_tiny_patch16_224"]
     target = 0.9
     tome_lab.apply_tome(m, schedule="flops", gflops=target, **options)
@@ -138,6 +139,5 @@ def test_flops_schedule_hits_its_target_whatever_the_matcher(deits, options):
     got = tome_lab.count_flops(m)
     tome_lab.remove_tome(m)
     assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
-    # within one merge in one block of the target (the schedule's resolution)
-    one_merge = analytic_gflops(st.spec, [0] * 12) - analytic_gflops(st.spec, [1] + [0] * 11)
-    assert abs(got - target) <= one_merge
+    # within 1% (counting the default matcher's cost instead misses by 2-3% with k-means)
+    assert got == pytest.approx(target, rel=0.01)

@@ -197,9 +197,11 @@ def test_patched_model_deepcopies_and_pickles():
     m = tiny_vit()
     tome_lab.apply_tome(m, r=3, schedule="flops", gflops=0.003)
     twin = copy.deepcopy(m)
-    again = pickle.loads(pickle.dumps(tome_lab.tome_state(m).config))
-    assert again == tome_lab.tome_state(m).config
+    again = pickle.loads(pickle.dumps(m))  # the model itself, not only its config
+    assert tome_lab.tome_state(again).config == tome_lab.tome_state(m).config
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), m(x))
+        torch.testing.assert_close(again(x), m(x))
     assert tome_lab.tome_state(twin).tokens == tome_lab.tome_state(m).tokens
+    assert tome_lab.tome_state(again).tokens == tome_lab.tome_state(m).tokens

@@ -98,7 +98,7 @@ def matching_flops(spec: ViTSpec, n: int, r: int) -> int:
             return ((n + 1) // 2 - (p - b_prefix)) * (n // 2 - b_prefix) * c
         return (m // 2) * (m - m // 2) * c  # halves / random partitions of the unprotected
     if name == "greedy":
-        return n * n * c + r * n * c  # all pairs once, then one row per merge
+        return n * n * c + (r - 1) * n * c  # all pairs once, then a row per merge but the last
     if name == "kmeans":
         return (opts.get("iters", 5) + 1) * m * (m - r) * c  # one [M, K] similarity per pass
     if name == "pruning":

@@ -237,7 +237,7 @@ def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
         x, size = plan.combine(merge, x, size)
         mask = plan.mask(size)
     st.sizes[i + 1], st.masks[i + 1], st.sources[i + 1] = size, mask, source
-    st.tokens[i] = x.shape[1]
+    st.tokens[i] = int(x.shape[1])
     return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 

@@ -33,7 +33,7 @@ def greedy(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
         sim.diagonal(dim1=1, dim2=2).fill_(-math.inf)
         sim.masked_fill_(blocked[:, :, None] | blocked[:, None, :], -math.inf)
         root = torch.arange(n, device=dev).expand(b, n).clone()
-        for _ in range(r):
+        for step in range(r):
             flat = sim.flatten(1).argmax(dim=1)  # (B,)
             i = torch.minimum(flat // n, flat % n)
             j = torch.maximum(flat // n, flat % n)
@@ -42,6 +42,8 @@ def greedy(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
             w[rows, i] = wi + wj
             root = torch.where(root == j[:, None], i[:, None], root)
             blocked[rows, j] = True
+            if step == r - 1:  # the last merge needs no new similarities
+                break
             s_i = similarity(f[rows, i][:, None], f, ctx.distance)[:, 0]  # (B, N)
             s_i = s_i.masked_fill(blocked, -math.inf)
             s_i[rows, i] = -math.inf

@@ -1,7 +1,9 @@
 """Per-layer r chosen to hit a GFLOPs target (``schedule="flops", gflops=2.7``).
 
-Uses the analytic count of :func:`tome_lab.flops.analytic_gflops` (cross-checked against
-fvcore in the tests). Starts from the largest constant r that stays at or above the target,
+Uses the analytic count of :func:`tome_lab.flops.analytic_gflops`, which includes the cost of
+the configured matcher on its metric (the spec ``apply_tome`` passes carries them), so the
+target holds whatever the matcher, feature or head aggregation (cross-checked against fvcore
+in the tests). Starts from the largest constant r that stays at or above the target,
 then adds one more merge to the earliest blocks, one block at a time, and keeps the schedule
 whose count lies closest to the target. Early merges save the most, so the result is a
 near-constant schedule slightly heavier at the front.
