@@ -1,7 +1,8 @@
 """Searched schedules against constant r and the decreasing schedule, on the test split.
 
-Reads a finished ``python -m tome_lab.search`` study (its journal, its trial records and its
-test re-scores) and prints, for ``benchmarks/README.md``:
+Reads a finished ``python -m tome_lab.search`` study (its journal and its trial records),
+scores the schedules it needs on the test split image by image, and prints, for
+``benchmarks/README.md``:
 
 - the search's wall time (first trial started to last trial finished, from the journal);
 - hypervolumes of the frontier and of the baselines on val and on test, with the reference
@@ -76,7 +77,6 @@ def main() -> None:
     t0 = min(t.datetime_start for t in study.trials)
     t1 = max(t.datetime_complete for t in study.trials if t.datetime_complete)
     trials = results.load(out / args.study)
-    test = results.load(out / f"{args.study}-test")
     base_gf = max(trials.gflops)
     ref = (args.ref_top1, base_gf)
     is_base = trials.baseline.map(lambda v: isinstance(v, str))
@@ -90,12 +90,7 @@ def main() -> None:
     const = trials[trials.baseline.str.startswith("constant", na=False)]
     report["hv_val"] = {"all trials": hv(trials), "searched only": hv(trials[~is_base]),
                         "constant r": hv(const), "constant + decreasing": hv(trials[is_base])}
-    pareto_test = test[test.role == "pareto"]
-    base_test = test[test.role != "pareto"]
-    report["hv_test"] = {
-        "val-Pareto schedules": hv(pareto_test),
-        "constant r": hv(base_test[base_test.name.str.startswith("constant")]),
-        "constant + decreasing": hv(base_test)}
+    front = trials[stats.pareto_mask(trials.gflops, trials.top1)]
     # budgets fixed in advance: the GFLOPs of the paper's schedules
     budgets = sorted({round(g, 6) for g in trials[is_base].gflops if g < base_gf})
     rows, need = [], []
@@ -111,10 +106,27 @@ def main() -> None:
                      "b_gflops": c_best.gflops, "b_val": c_best.top1,
                      "b_r": list(c_best["tome.r"])})
         need += [tuple(s_best["tome.r"]), tuple(c_best["tome.r"])]
+    # every schedule scored on test once, image by image: the val frontier, the baselines and
+    # the picks above
+    need += [tuple(r) for r in front["tome.r"]] + [tuple(r) for r in trials[is_base]["tome.r"]]
     uniq = list(dict.fromkeys(need))
     cfg = from_dict(ExperimentConfig, json.loads(
         (next((out / args.study).glob("*/result.json"))).read_text())["config"])
-    hits = dict(zip(uniq, test_hits(cfg, [list(r) for r in uniq], args.test_limit), strict=True))
+    hits = dict(zip(uniq, test_hits(cfg, [list(r) for r in uniq], args.test_limit),
+                    strict=True))
+    gf = {tuple(r): g for r, g in zip(trials["tome.r"], trials.gflops, strict=True)}
+
+    def hv_test(rs):
+        return hypervolume([(100 * hits[tuple(r)].mean(), gf[tuple(r)]) for r in rs], ref)
+
+    report["n_test"] = len(next(iter(hits.values())))
+    report["hv_test"] = {"val-Pareto schedules": hv_test(front["tome.r"]),
+                         "constant r": hv_test(const["tome.r"]),
+                         "constant + decreasing": hv_test(trials[is_base]["tome.r"])}
+    report["frontier"] = [
+        {"r": list(r), "gflops": gf[tuple(r)], "val": v, "baseline": b if isinstance(b, str)
+         else None, "test": stats.bootstrap(hits[tuple(r)])}
+        for r, v, b in zip(front["tome.r"], front.top1, front.baseline, strict=True)]
     for row in rows:
         hs, hb = hits[tuple(row["searched"])], hits[tuple(row["b_r"])]
         row["s_test"] = stats.bootstrap(hs)
@@ -148,6 +160,13 @@ def markdown(report: dict) -> str:
     lines.append(f"| constant r | {hv_v['constant r']:.4f} | {hv_t['constant r']:.4f} |")
     lines.append(f"| constant r + decreasing | {hv_v['constant + decreasing']:.4f} | "
                  f"{hv_t['constant + decreasing']:.4f} |")
+    lines += ["", f"Frontier on val (every non-dominated trial), each re-scored on test "
+              f"({report['n_test']} images):", "",
+              "| r per block | GFLOPs | val top-1 | test top-1 [95% bootstrap] | baseline? |",
+              "|---|---|---|---|---|"]
+    for f in sorted(report["frontier"], key=lambda f: f["gflops"]):
+        lines.append(f"| {' '.join(map(str, f['r']))} | {f['gflops']:.4f} | {f['val']:.2f} | "
+                     f"{_pct(f['test'])} | {f['baseline'] or ''} |")
     lines += ["", "| budget (GFLOPs) | searched r (picked on val) | GFLOPs | val | test top-1 "
               "[95% bootstrap] | best baseline (picked on val) | GFLOPs | val | test top-1 "
               "[95% bootstrap] | difference [95% paired bootstrap] |",
