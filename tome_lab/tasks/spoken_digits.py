@@ -470,11 +470,15 @@ class SpecStem(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, D)
 
 
+ZOO_CHECKPOINT = Path(__file__).resolve().parents[1] / "zoo" / f"{MODEL}.safetensors"
+# The inputs are standardised by the dataset already (FEATURE_MEAN / FEATURE_STD), hence 0 / 1.
 _AUDIO_CFG: dict[str, Any] = dict(
     url="", hf_hub_id=None, num_classes=10, input_size=(1, N_MELS, FRAMES), mean=(0.0,),
     std=(1.0,), interpolation="bilinear", crop_pct=1.0, crop_mode="center",
-    first_conv="patch_embed.stem.0", classifier="head", license="mit")
-ZOO_CHECKPOINT = Path(__file__).resolve().parents[1] / "zoo" / f"{MODEL}.safetensors"
+    first_conv="patch_embed.stem.0", classifier="head", license="mit",
+    # timm's pretrained config names the committed checkpoint, so that tome_lab.models sees
+    # its weights as available offline (``--model.pretrained true``).
+    file=str(ZOO_CHECKPOINT))
 
 
 def vit_audio_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
