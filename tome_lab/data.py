@@ -321,8 +321,6 @@ def build_dataset(cfg: DataConfig, model: nn.Module) -> Dataset:
 
     ``limit`` takes a seeded random subset (so a cut ImageNet still covers many classes).
     """
-    import tome_lab.tasks  # noqa: F401  (registers the embedded tasks' datasets)
-
     ds = DATASETS.get(cfg.name)(cfg, model)
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.name!r} ({cfg.split}) is empty")
@@ -359,3 +357,7 @@ def build_loader(cfg: DataConfig, model: nn.Module, shuffle: bool = False,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+# The embedded tasks (tome_lab/tasks) register their datasets on import, next to these.
+import tome_lab.tasks  # noqa: E402, F401
