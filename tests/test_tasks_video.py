@@ -53,9 +53,9 @@ def test_the_digit_moves_by_its_label_direction(monkeypatch):
 
 
 def test_one_frame_does_not_tell_the_direction():
-    # Where the digit sits in frame 0 is spread over the frame for every direction: the
-    # average start of each class is within 3 px of the others' (it is the motion that
-    # differs), so a classifier must compare frames.
+    # Where the digit sits in frame 0 is spread over the frame (more than 3 px of standard
+    # deviation per axis), and the classes' average starts lie within the 16 px of room, so
+    # a digit's place in one frame leaves its direction open: the motion tells it.
     s = v.generate("train")
     centre = np.array([s.starts[s.labels == k].mean(0) for k in range(8)])  # (8, 2)
     spread = s.starts.std(0)
