@@ -285,3 +285,30 @@ def test_pretrained_without_checkpoint_says_how_to_train(monkeypatch, tmp_path):
     monkeypatch.setattr(sd, "ZOO_CHECKPOINT", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="python -m tome_lab.train"):
         timm.create_model("vit_audio_digits", pretrained=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_audio_digits", "vit_audio_digits_tome16"])
+def test_committed_checkpoints_reproduce_their_recorded_test_top1(name):
+    import json
+
+    from tome_lab.evaluate import evaluate
+
+    zoo = sd.ZOO_CHECKPOINT.parent
+    rec = json.loads((zoo / f"{name}.json").read_text())
+    assert rec["split"] == "test" and rec["splits"]["test"] == 1000
+    r = rec["config"]["tome"]["r"]
+    out = evaluate(ExperimentConfig(
+        model=ModelConfig(name="vit_audio_digits", checkpoint=str(zoo / f"{name}.safetensors")),
+        data=DataConfig(name="spoken_digits", batch_size=250),
+        tome=ToMeConfig(r=r), eval=EvalConfig(speed=False, threads=2)))
+    assert out["top1"] == pytest.approx(rec["top1"], abs=1e-9)
+    if r == 0:  # the off-the-shelf model also loads as the zoo default
+        m = timm.create_model("vit_audio_digits", pretrained=True)
+        x = torch.from_numpy(_committed().features[:4].astype(np.float32))[:, None]
+        x = (x - sd.FEATURE_MEAN) / sd.FEATURE_STD
+        from tome_lab.models import load_checkpoint
+
+        other = load_checkpoint(_model(), zoo / f"{name}.safetensors")
+        with torch.no_grad():
+            torch.testing.assert_close(m.eval()(x), other(x))
