@@ -16,7 +16,7 @@ Its blocks are plain timm ``Block`` / ``Attention``, so ToMe patches it like any
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -93,13 +93,44 @@ class ConvStem(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2))  # (B, N, D)
 
 
-def _register() -> None:
-    # timm's registry is global; importing tome_lab.models twice (or reloading it in a
-    # test) must not register twice, which timm warns about.
+def register_once(fn: Callable[..., nn.Module]) -> None:
+    """Registers a model function with timm under its own name, once per process.
+
+    timm's registry is global; importing a module twice (or reloading it in a test) must not
+    register twice, which timm warns about.
+    """
     from timm.models import is_model, register_model
 
-    if not is_model(EMBEDDED):
-        register_model(vit_digits)
+    if not is_model(fn.__name__):
+        register_model(fn)
+
+
+def finish_zoo_model(model: nn.Module, cfg: dict[str, Any], pretrained: bool,
+                     checkpoint: Path, how_to_train: str) -> nn.Module:
+    """Gives a tome_lab model its pretrained config and, if asked, its committed weights.
+
+    Args:
+        model: the freshly built network.
+        cfg: its timm pretrained config (``input_size``, ``mean``, ``std``, ...).
+        pretrained: load ``checkpoint`` (a local file; never downloads).
+        checkpoint: the zoo checkpoint of this model.
+        how_to_train: the sentence telling the user how to make a missing checkpoint.
+
+    Raises:
+        FileNotFoundError: ``pretrained`` and the checkpoint file does not exist.
+    """
+    model.pretrained_cfg = model.default_cfg = cfg
+    if pretrained:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(
+                f"the checkpoint {checkpoint} is missing; {how_to_train}, or pass "
+                f"checkpoint=PATH")
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def _register() -> None:
+    register_once(vit_digits)
     import tome_lab.tasks  # noqa: F401  (registers the embedded tasks' models with timm)
 
 
@@ -126,15 +157,10 @@ def vit_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     model = VisionTransformerDistilled(**args)
     cfg = dict(_DIGITS_CFG, architecture=EMBEDDED)
     cfg["input_size"] = (args["in_chans"], args["img_size"], args["img_size"])
-    model.pretrained_cfg = model.default_cfg = cfg
-    if pretrained:
-        if not ZOO_CHECKPOINT.is_file():
-            raise FileNotFoundError(
-                f"the embedded checkpoint {ZOO_CHECKPOINT} is missing; train it with "
-                f"`python -m tome_lab.train` (see tome_lab/zoo/vit_digits.json for the command) "
-                f"or pass checkpoint=PATH")
-        load_checkpoint(model, ZOO_CHECKPOINT)
-    return model
+    return finish_zoo_model(
+        model, cfg, pretrained, ZOO_CHECKPOINT,
+        "train it with `python -m tome_lab.train` (see tome_lab/zoo/vit_digits.json for the "
+        "command)")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:

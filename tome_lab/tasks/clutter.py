@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
 from tome_lab.data import DataError, _check_classes, _mnist_arrays, _to_model_input
-from tome_lab.models import ConvStem, load_checkpoint
+from tome_lab.models import ConvStem, finish_zoo_model, register_once
 from tome_lab.registry import DATASETS
 
 SEED = 2023  # fixes the pools, the placements and the clutter of every split
@@ -185,23 +185,10 @@ def vit_clutter(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     model = VisionTransformerDistilled(**args)
     cfg = dict(_CLUTTER_CFG, architecture=MODEL)
     cfg["input_size"] = (args["in_chans"], args["img_size"], args["img_size"])
-    model.pretrained_cfg = model.default_cfg = cfg
-    if pretrained:
-        if not ZOO_CHECKPOINT.is_file():
-            raise FileNotFoundError(
-                f"the checkpoint {ZOO_CHECKPOINT} is missing; train it with "
-                f"`python -m tome_lab.train` (see tome_lab/zoo/vit_clutter.json for the "
-                f"command) or pass checkpoint=PATH")
-        load_checkpoint(model, ZOO_CHECKPOINT)
-    return model
+    return finish_zoo_model(
+        model, cfg, pretrained, ZOO_CHECKPOINT,
+        "train it with `python -m tome_lab.train` (see tome_lab/zoo/vit_clutter.json for the "
+        "command)")
 
 
-def _register() -> None:
-    # timm's registry is global: register once per process (timm warns on a second time).
-    from timm.models import is_model, register_model
-
-    if not is_model(MODEL):
-        register_model(vit_clutter)
-
-
-_register()
+register_once(vit_clutter)

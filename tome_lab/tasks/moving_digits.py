@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
 from tome_lab.data import DataError, _check_classes, _mnist_arrays
-from tome_lab.models import load_checkpoint
+from tome_lab.models import finish_zoo_model, register_once
 from tome_lab.registry import DATASETS
 
 SEED = 2024  # fixes the pools, the digits' paths and the noise of every split
@@ -232,22 +232,10 @@ def vit_video_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     model = VisionTransformer(**args)
     cfg = dict(_VIDEO_CFG, architecture=MODEL)
     cfg["input_size"] = (args["in_chans"], *model.patch_embed.img_size)
-    model.pretrained_cfg = model.default_cfg = cfg
-    if pretrained:
-        if not ZOO_CHECKPOINT.is_file():
-            raise FileNotFoundError(
-                f"the checkpoint {ZOO_CHECKPOINT} is missing (it is not trained yet); train "
-                f"it with `python -m tome_lab.train --model {MODEL} --data moving_digits "
-                f"--teacher none --no-augment` or pass checkpoint=PATH")
-        load_checkpoint(model, ZOO_CHECKPOINT)
-    return model
+    return finish_zoo_model(
+        model, cfg, pretrained, ZOO_CHECKPOINT,
+        f"it is not trained yet; train it with `python -m tome_lab.train --model {MODEL} "
+        f"--data moving_digits --teacher none --no-augment`")
 
 
-def _register() -> None:
-    from timm.models import is_model, register_model
-
-    if not is_model(MODEL):
-        register_model(vit_video_digits)
-
-
-_register()
+register_once(vit_video_digits)
