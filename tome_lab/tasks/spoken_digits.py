@@ -506,28 +506,23 @@ def vit_audio_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         global_pool="avg", fc_norm=True)
     args.update(kwargs)
     model = VisionTransformer(**args)
-    model.pretrained_cfg = model.default_cfg = dict(_AUDIO_CFG, architecture=MODEL)
-    if pretrained:
-        from tome_lab.models import load_checkpoint
+    from tome_lab.models import finish_zoo_model
 
-        if not ZOO_CHECKPOINT.is_file():
-            raise FileNotFoundError(
-                f"the checkpoint {ZOO_CHECKPOINT} is missing; train it with "
-                f"`python -m tome_lab.train` (see tome_lab/zoo/{MODEL}.json) or pass "
-                f"checkpoint=PATH")
-        load_checkpoint(model, ZOO_CHECKPOINT)
-    return model
+    return finish_zoo_model(
+        model, dict(_AUDIO_CFG, architecture=MODEL), pretrained, ZOO_CHECKPOINT,
+        f"train it with `python -m tome_lab.train` (see tome_lab/zoo/{MODEL}.json)")
+
+
+# timm reads a registered model's pretrained config from its module's ``default_cfgs``.
+default_cfgs: dict[str, dict[str, Any]] = {MODEL: _AUDIO_CFG}
 
 
 def _register() -> None:
-    from timm.models import is_model, register_model
+    from tome_lab.models import register_once
 
-    if not is_model(MODEL):
-        # timm reads the pretrained config from the registering module's ``default_cfgs``.
-        register_model(vit_audio_digits)
+    register_once(vit_audio_digits)
 
 
-default_cfgs: dict[str, dict[str, Any]] = {MODEL: _AUDIO_CFG}
 _register()
 
 
