@@ -92,7 +92,7 @@ def main() -> None:
                         "constant r": hv(const), "constant + decreasing": hv(trials[is_base])}
     front = trials[stats.pareto_mask(trials.gflops, trials.top1)]
     # budgets fixed in advance: the GFLOPs of the paper's schedules
-    budgets = sorted({round(g, 6) for g in trials[is_base].gflops if g < base_gf})
+    budgets = sorted({float(g) for g in trials[is_base].gflops if g < base_gf})
     rows, need = [], []
     for b in budgets:
         s = trials[~is_base & (trials.gflops <= b + 1e-12)]
