@@ -1,0 +1,90 @@
+"""Paired comparison of any ablation settings on the same held-out digits (issue 14).
+
+    python benchmarks/paired_sweep.py "feature=k" "feature=x" "feature=q" "feature=v"
+    python benchmarks/paired_sweep.py "schedule=linear start=4 end=4" \\
+        "schedule=linear start=6 end=1" --gflops-only
+
+Each argument is one setting: space-separated ``key=value`` words passed to
+``tome_lab.apply_tome`` on ``vit_digits`` (zoo weights; ``r`` defaults to 4 as in the
+ablation files, other keys such as ``start`` / ``end`` / ``gflops`` go to the plug-ins as
+options). The first setting is the reference. Every setting is scored on all 1,000 held-out
+mnist5k digits keeping each image's 0/1 result; printed: its top-1 with the 95% Wilson
+interval, fvcore GFLOPs (``tome_lab.count_flops``), and against the reference McNemar's exact
+test and a 95% paired bootstrap interval of the difference (``tome_lab.stats``), as
+``benchmarks/paired_matching.py`` does for matchings. ``--model vit_audio_digits --data
+spoken_digits`` runs the audio task instead (its 1,000 ``test`` clips). ``--gflops-only`` prints the GFLOPs and
+skips the evaluation (for matching schedules at equal cost). Results are in
+benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+
+import tome_lab
+from tome_lab import stats
+from tome_lab.config import DataConfig, ModelConfig
+from tome_lab.data import build_loader, model_data_config
+from tome_lab.models import create_model
+
+
+def parse(words: str) -> dict:
+    """``"schedule=linear start=6 end=1"`` -> ``{"schedule": "linear", "start": 6, "end": 1}``."""
+    out: dict = {"r": 4}
+    for word in words.split():
+        key, _, value = word.partition("=")
+        for kind in (int, float):
+            try:
+                out[key] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+def main() -> None:
+    """Prints each setting's top-1, interval and GFLOPs, and the paired comparisons."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("settings", nargs="+", help="space-separated key=value words per setting")
+    ap.add_argument("--gflops-only", action="store_true", help="print GFLOPs only")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=ModelConfig.name, help="model name (vit_digits)")
+    ap.add_argument("--data", default=DataConfig.name, help="dataset name (mnist5k)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = create_model(ModelConfig(name=args.model)).eval()
+    input_size = tuple(model_data_config(base)["input_size"])  # as tome_lab.evaluate
+    loader = None if args.gflops_only else build_loader(DataConfig(name=args.data), base)
+    hits = {}
+    for words in args.settings:
+        torch.manual_seed(0)
+        model = tome_lab.apply_tome(copy.deepcopy(base), **parse(words))
+        gflops = tome_lab.count_flops(model, input_size)
+        if loader is None:
+            print(f"{words}: {gflops:.4f} GFLOPs")
+            continue
+        out = []
+        with torch.no_grad():
+            for x, y in loader:
+                out.append((model(x).argmax(-1) == y).float())  # (B,)
+        h = torch.cat(out).numpy()  # (n_images,)
+        hits[words] = h
+        ci = stats.wilson(int(h.sum()), len(h)).scaled(100)
+        print(f"{words}: top-1 {ci.estimate:.1f} [{ci.low:.1f}, {ci.high:.1f}] on {len(h)} "
+              f"images, {gflops:.4f} GFLOPs")
+    ref = args.settings[0]
+    for other in args.settings[1:] if hits else []:
+        test = stats.mcnemar(hits[ref], hits[other])
+        diff = stats.paired_bootstrap(hits[ref], hits[other]).scaled(100)
+        print(f"{ref} vs {other}: right only with the first {test.only_a}, only with the "
+              f"second {test.only_b}, McNemar p = {test.p_value:.2g}; difference "
+              f"{diff.estimate:.1f} [{diff.low:.1f}, {diff.high:.1f}] points")
+
+
+if __name__ == "__main__":
+    main()
