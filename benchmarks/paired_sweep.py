@@ -12,9 +12,9 @@ mnist5k digits keeping each image's 0/1 result; printed: its top-1 with the 95% 
 interval, fvcore GFLOPs (``tome_lab.count_flops``), and against the reference McNemar's exact
 test and a 95% paired bootstrap interval of the difference (``tome_lab.stats``), as
 ``benchmarks/paired_matching.py`` does for matchings. ``--model vit_audio_digits --data
-spoken_digits`` runs the audio task instead (its 1,000 ``test`` clips). ``--gflops-only`` prints the GFLOPs and
-skips the evaluation (for matching schedules at equal cost). Results are in
-benchmarks/README.md.
+spoken_digits`` runs the audio task instead (its 1,000 ``test`` clips). ``--gflops-only``
+prints the GFLOPs and skips the evaluation (for matching schedules at equal cost). Results are
+in benchmarks/README.md.
 """
 
 from __future__ import annotations
