@@ -147,3 +147,45 @@ def test_figure_lays_out_rows(tmp_path):
     assert fig.axes[1].get_title() == "merged"
     plots.save(fig, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_clip_picture_paints_each_space_time_group_with_its_mean_over_the_clip():
+    """Independent check of merge_clip: every pixel of frame f, patch (i, j) equals the mean of
+    all the clip's pixels in the tubes of its group, computed here by explicit loops."""
+    timm = pytest.importorskip("timm")
+    from tome_lab.tasks import moving_digits as md
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_video_digits", depth=3).eval()
+    tome_lab.apply_tome(model, r=60)
+    clip = md.generate("test").clips[0]  # (T, 32, 32) in [0, 1]
+    pic = vis.merge_clip(model, clip, border=False, gap=2)
+    gt, gh, gw = model.patch_embed.grid_size
+    t = clip.shape[0]
+    pt, ph, pw = t // gt, 32 // gh, 32 // gw
+    assert pic.shape == (32, t * 32 + (t - 1) * 2, 3)
+    x = (torch.tensor(clip, dtype=torch.float32)[None, None] - 0.1) / 0.2  # mean, std
+    groups = vis.trace_groups(model, x)[0].numpy().reshape(gt, gh, gw)
+    assert len(np.unique(groups)) == gt * gh * gw - 3 * 60  # 3 blocks merge 60 tokens each
+    spans_time = [g for g in np.unique(groups) if len(np.unique(np.nonzero(groups == g)[0])) > 1]
+    assert spans_time, "with r=60 some token should hold tubes of different times"
+    for g in spans_time[:3] + [groups[0, 0, 0]]:
+        pixels = [clip[a * pt:(a + 1) * pt, b * ph:(b + 1) * ph, c * pw:(c + 1) * pw]
+                  for a, b, c in zip(*np.nonzero(groups == g), strict=True)]
+        want = np.mean([p.mean() for p in pixels])
+        for a, b, c in zip(*np.nonzero(groups == g), strict=True):
+            for f in range(a * pt, (a + 1) * pt):
+                x0 = f * (32 + 2) + c * pw
+                np.testing.assert_allclose(pic[b * ph:(b + 1) * ph, x0:x0 + pw], want,
+                                           rtol=0, atol=1e-6)  # float32 clip
+
+
+def test_clip_and_picture_refuse_the_other_kind():
+    timm = pytest.importorskip("timm")
+    video = tome_lab.apply_tome(timm.create_model("vit_video_digits", depth=1), r=2)
+    with pytest.raises(TypeError, match="merge_clip"):
+        vis.merge_picture(video, np.zeros((32, 32)))
+    with pytest.raises(ValueError, match="clip"):
+        vis.merge_clip(video, np.zeros((3, 32, 32)))
+    with pytest.raises(TypeError, match="merge_picture"):
+        vis.merge_clip(tome_lab.apply_tome(_tiny(), r=2), np.zeros((8, 32, 32)))

@@ -13,12 +13,14 @@ after every block).
 Without pretrained weights a model's similarities follow pixel content only, so the groups of
 a random-initialised model show colour and texture, not objects. Works on still images for
 any patched timm ViT whose patch embedding exposes ``grid_size`` (timm's ``PatchEmbed``, the
-embedded ``ConvStem``); there is no video model in tome_lab yet.
+embedded ``ConvStem``), and on video clips (:func:`merge_clip`, frames side by side) for models
+whose patch embedding has a (T', H', W') ``grid_size`` (``vit_video_digits``' tube embedding).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -35,12 +37,13 @@ from tome_lab.patch import apply_config, tome_state
 DROPPED = -1  # group index of a patch whose token was dropped (pruning), painted black
 
 
-def _grid(model: nn.Module) -> tuple[int, int]:
+def _grid(model: nn.Module) -> tuple[int, ...]:
+    """The patch grid: (H', W') for images, (T', H', W') for clips."""
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None:
         raise TypeError(f"{type(model).__name__} has no patch_embed.grid_size: cannot map "
                         f"tokens back to image patches")
-    return int(grid[0]), int(grid[1])
+    return tuple(int(g) for g in grid)
 
 
 def to_image(image: Any) -> np.ndarray:
@@ -137,13 +140,27 @@ def paint(picture: np.ndarray, groups: Sequence[int] | np.ndarray, grid: tuple[i
     g = np.asarray(groups, dtype=np.int64).reshape(gh, gw)
     ph, pw = h // gh, w // gw
     patch_mean = picture.reshape(gh, ph, gw, pw, 3).mean(axis=(1, 3))  # (gh, gw, 3)
-    out_patch = np.zeros((gh, gw, 3))
+    return _draw(_group_colours(patch_mean, g), g, (ph, pw), border, scale, border_colour)
+
+
+def _group_colours(patch_mean: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """[..., 3] each patch's colour -> the mean over its group (black where dropped).
+
+    Every patch has as many pixels, so the mean of patch means is the group's pixel mean.
+    """
+    out = np.zeros(patch_mean.shape)
     for gid in np.unique(g):
-        if gid == DROPPED:
-            continue  # black
-        sel = g == gid
-        out_patch[sel] = patch_mean[sel].mean(0)  # every patch has as many pixels
-    pix = np.repeat(np.repeat(out_patch, ph * scale, 0), pw * scale, 1)  # (H*s, W*s, 3)
+        if gid != DROPPED:
+            sel = g == gid
+            out[sel] = patch_mean[sel].mean(0)
+    return out
+
+
+def _draw(colours: np.ndarray, g: np.ndarray, patch: tuple[int, int], border: bool,
+          scale: int, border_colour: Sequence[float]) -> np.ndarray:
+    """[gh, gw, 3] patch colours -> [gh * ph * s, gw * pw * s, 3] pixels, lines between groups."""
+    ph, pw = patch
+    pix = np.repeat(np.repeat(colours, ph * scale, 0), pw * scale, 1)  # (H*s, W*s, 3)
     if border:
         gpix = np.repeat(np.repeat(g, ph * scale, 0), pw * scale, 1)  # (H*s, W*s)
         edge = np.zeros(gpix.shape, dtype=bool)
@@ -151,6 +168,43 @@ def paint(picture: np.ndarray, groups: Sequence[int] | np.ndarray, grid: tuple[i
         edge[:, :-1] |= gpix[:, :-1] != gpix[:, 1:]
         pix[edge] = np.asarray(border_colour, dtype=float)
     return pix
+
+
+def paint_clip(clip: np.ndarray, groups: Sequence[int] | np.ndarray, grid: tuple[int, int, int],
+               border: bool = True, scale: int = 1, border_colour: Sequence[float] = (1, 1, 1),
+               gap: int = 2) -> np.ndarray:
+    """Frames side by side, each patch painted with the mean colour of its group over the clip.
+
+    A token that holds patches of several frames (a tube merged over time) gives them one
+    colour in every frame it covers.
+
+    Args:
+        clip: [T, H, W, 3] in [0, 1]; T, H, W multiples of the grid.
+        groups: [gt * gh * gw] group of each space-time patch, time-major (as the tokens).
+        grid: (gt, gh, gw) tubes in time, down and across.
+        border: lines between groups inside each frame.
+        scale: nearest-neighbour upscaling.
+        border_colour: RGB of the lines.
+        gap: blank pixels (after scaling) between frames.
+
+    Returns:
+        [H * scale, T * W * scale + (T - 1) * gap, 3] in [0, 1].
+    """
+    gt, gh, gw = grid
+    t, h, w = clip.shape[:3]
+    if t % gt or h % gh or w % gw:
+        raise ValueError(f"clip {t}x{h}x{w} is not a multiple of the {gt}x{gh}x{gw} tube grid")
+    g = np.asarray(groups, dtype=np.int64).reshape(gt, gh, gw)
+    pt, ph, pw = t // gt, h // gh, w // gw
+    tube_mean = clip.reshape(gt, pt, gh, ph, gw, pw, 3).mean(axis=(1, 3, 5))  # (gt, gh, gw, 3)
+    colours = _group_colours(tube_mean, g)
+    frames = [_draw(colours[f // pt], g[f // pt], (ph, pw), border, scale, border_colour)
+              for f in range(t)]
+    blank = np.ones((h * scale, gap, 3))
+    out = [frames[0]]
+    for frame in frames[1:]:
+        out += [blank, frame]
+    return np.concatenate(out, axis=1)
 
 
 @torch.no_grad()
@@ -161,7 +215,7 @@ def trace_groups(model: nn.Module, x: Tensor, layers: bool = False) -> Tensor:
 
     Args:
         model: a patched timm ViT.
-        x: [B, C, H, W] model input.
+        x: [B, C, H, W] model input ([B, C, T, H, W] for a video model).
         layers: also return the groups after every block.
 
     Returns:
@@ -174,7 +228,7 @@ def trace_groups(model: nn.Module, x: Tensor, layers: bool = False) -> Tensor:
     if state is None:
         raise ValueError("merge pictures need a ToMe-patched model: call "
                          "tome_lab.apply_tome(model, r=..., trace_source=True) first")
-    gh, gw = _grid(model)
+    n_patches = math.prod(_grid(model))
     n_prefix = state.spec.num_prefix
     cfg = state.config
     if not cfg.trace_source:
@@ -187,7 +241,7 @@ def trace_groups(model: nn.Module, x: Tensor, layers: bool = False) -> Tensor:
         # block i); an engine with only the running ``source`` has it current here.
         slots = getattr(st, "sources", None)
         src = slots[index + 1] if slots is not None else st.source
-        per_layer.append(groups_from_source(src, n_prefix, gh * gw)
+        per_layer.append(groups_from_source(src, n_prefix, n_patches)
                          .expand(x.shape[0], -1).clone())
 
     handles = ([blk.register_forward_hook(partial(hook, i)) for i, blk in
@@ -196,7 +250,7 @@ def trace_groups(model: nn.Module, x: Tensor, layers: bool = False) -> Tensor:
     try:
         model.eval()
         model(x)
-        final = groups_from_source(tome_state(model).source, n_prefix, gh * gw)
+        final = groups_from_source(tome_state(model).source, n_prefix, n_patches)
         final = final.expand(x.shape[0], -1).clone()
     finally:
         for h in handles:
@@ -221,8 +275,11 @@ def merge_picture(model: nn.Module, image: Any, layers: Sequence[int] | None = N
     Returns:
         [H * scale, W * scale, 3] in [0, 1], or one such picture per entry of ``layers``.
     """
-    x, shown = prepare(model, image)
     grid = _grid(model)
+    if len(grid) != 2:
+        raise TypeError(f"{type(model).__name__} takes clips (patch grid {grid}); use "
+                        f"merge_clip")
+    x, shown = prepare(model, image)
     if layers is None:
         return paint(shown, trace_groups(model, x)[0].numpy(), grid, border, scale)
     depth = len(model.blocks)
@@ -231,6 +288,44 @@ def merge_picture(model: nn.Module, image: Any, layers: Sequence[int] | None = N
         raise ValueError(f"layers {bad} out of range for a {depth}-block model")
     every = trace_groups(model, x, layers=True)[0]  # (depth, P)
     return [paint(shown, every[i].numpy(), grid, border, scale) for i in layers]
+
+
+def merge_clip(model: nn.Module, clip: Any, border: bool = True, scale: int = 1,
+               gap: int = 2) -> np.ndarray:
+    """The merge picture of one clip through a patched video ViT: frames side by side.
+
+    Args:
+        model: a ToMe-patched video ViT whose patch embedding has a (T', H', W') grid.
+        clip: [T, H, W] or [T, H, W, C] frames (uint8, or float in [0, 1]) at the model's
+            input size (clips are not resized).
+        border: lines between groups inside each frame.
+        scale: nearest upscaling of the output.
+        gap: blank pixels between frames.
+
+    Returns:
+        [H * scale, T * W * scale + (T - 1) * gap, 3] in [0, 1].
+    """
+    grid = _grid(model)
+    if len(grid) != 3:
+        raise TypeError(f"{type(model).__name__} takes images (patch grid {grid}); use "
+                        f"merge_picture")
+    dcfg = model_data_config(model)
+    c, t, h, w = dcfg["input_size"]
+    arr = np.asarray(clip)
+    frames = arr.astype(np.float64) / (255.0 if arr.dtype == np.uint8 else 1.0)
+    if frames.ndim == 3:
+        frames = frames[..., None]
+    if frames.ndim != 4 or frames.shape[:3] != (t, h, w) or frames.shape[-1] not in (1, 3):
+        raise ValueError(f"expected a [{t}, {h}, {w}] or [{t}, {h}, {w}, C] clip (C = 1 or 3) "
+                         f"for this model; got shape {arr.shape}")
+    frames = np.clip(frames, 0.0, 1.0)
+    x = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None]  # (1, C0, T, H, W)
+    x = x.mean(1, keepdim=True) if c == 1 else x.expand(-1, c, -1, -1, -1)
+    mean = torch.tensor(dcfg["mean"], dtype=torch.float32).view(1, -1, 1, 1, 1)
+    std = torch.tensor(dcfg["std"], dtype=torch.float32).view(1, -1, 1, 1, 1)
+    shown = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+    groups = trace_groups(model, (x - mean) / std)[0].numpy()
+    return paint_clip(shown, groups, grid, border, scale, gap=gap)
 
 
 def figure(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]],
