@@ -44,8 +44,13 @@ def sync(device: torch.device | str) -> None:
 
 
 def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
-    """``torch.compile(model)`` with ``backend``; the compiled module shares the weights."""
-    return torch.compile(model, backend=backend)  # type: ignore[return-value]
+    """``torch.compile(model)`` with ``backend``; the compiled module shares the weights.
+
+    ``dynamic=False``: a new input shape (a last, smaller batch; the timing batch) compiles a
+    graph of its own. With dynamic shapes, tracing token merging's gathers symbolically can
+    take longer than the whole evaluation.
+    """
+    return torch.compile(model, backend=backend, dynamic=False)  # type: ignore[return-value]
 
 
 def interleaved_times(fns: Mapping[K, Callable[[], Any]], repeats: int, warmup: int = 1,
