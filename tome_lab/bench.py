@@ -246,23 +246,19 @@ def run_bench(cfg: BenchRunConfig | None = None) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width table of bench rows (compiled and memory columns when present)."""
-    compiled = "img_per_s_compiled" in rows[0]
-    memory = "peak_mib" in rows[0]
-    head = f"{'setting':<24}{'img/s':>10}{'speed-up':>10}"
-    if compiled:
-        head += f"{'compiled':>10}{'speed-up':>10}"
-    head += f"{'GFLOPs':>9}{'FLOP ratio':>12}"
-    if memory:
-        head += f"{'peak MiB':>10}"
+    # (key, header, width, format, suffix); the compiled and memory columns when present
+    cols = [("img_per_s", "img/s", 10, ".1f", ""), ("speedup", "speed-up", 10, ".2f", "x")]
+    if "img_per_s_compiled" in rows[0]:
+        cols += [("img_per_s_compiled", "compiled", 10, ".1f", ""),
+                 ("speedup_compiled", "speed-up", 10, ".2f", "x")]
+    cols += [("gflops", "GFLOPs", 9, ".2f", ""), ("flop_ratio", "FLOP ratio", 12, ".2f", "x")]
+    if "peak_mib" in rows[0]:
+        cols.append(("peak_mib", "peak MiB", 10, ".1f", ""))
+    head = f"{'setting':<24}" + "".join(f"{h:>{w}}" for _, h, w, _, _ in cols)
     lines = [head, "-" * len(head)]
     for row in rows:
-        line = f"{row['setting']:<24}{row['img_per_s']:>10.1f}{row['speedup']:>9.2f}x"
-        if compiled:
-            line += f"{row['img_per_s_compiled']:>10.1f}{row['speedup_compiled']:>9.2f}x"
-        line += f"{row['gflops']:>9.2f}{row['flop_ratio']:>11.2f}x"
-        if memory:
-            line += f"{row['peak_mib']:>10.1f}"
-        lines.append(line)
+        lines.append(f"{row['setting']:<24}" + "".join(
+            f"{format(row[k], f) + sfx:>{w}}" for k, _, w, f, sfx in cols))
     return "\n".join(lines)
 
 
