@@ -166,8 +166,8 @@ def test_save_and_read_round_trip_and_reject_other_formats(tmp_path):
 def test_unknown_split_is_a_clear_error():
     with pytest.raises(ValueError, match="valid: train, val, test"):
         sd.speakers("holdout")
-    with pytest.raises(DataError, match="no split"):
-        sd.spoken_digits(type("Cfg", (), {"split": "holdout"})(), _model())
+    with pytest.raises(ValueError, match="unknown split"):  # DataConfig, before any dataset
+        DataConfig(name="spoken_digits", split="holdout")
 
 
 # ---- the dataset and the model ---------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 import tome_lab
 from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
-from tome_lab.data import DataError, _mnist_arrays, build_dataset
+from tome_lab.data import _mnist_arrays, build_dataset
 from tome_lab.tasks import clutter as c
 
 
@@ -91,8 +91,8 @@ def test_dataset_feeds_the_model_normalised():
 def test_unknown_split_is_a_clear_error():
     with pytest.raises(ValueError, match="valid: train, val, test"):
         c.generate("nosuch")
-    with pytest.raises(DataError, match="no split"):
-        c.clutter(type("Cfg", (), {"split": "holdout"})(), _model())
+    with pytest.raises(ValueError, match="unknown split"):  # DataConfig, before any dataset
+        DataConfig(name="clutter", split="holdout")
 
 
 def test_model_has_196_patch_tokens_and_two_prefix_tokens():
