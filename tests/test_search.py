@@ -112,17 +112,23 @@ def test_bad_search_config_names_the_problem(kw, message):
 
 def test_baselines_are_the_papers_schedules(spec):
     got = dict(baselines(spec))
-    # vit_digits: 64 patches + 2 prefix, 12 blocks; constant r=7 is the first to end on one
-    # unprotected token, decreasing r=6 likewise (tome_lab.flops.tokens_per_layer)
-    assert [k for k in got if k.startswith("constant")] == [f"constant r={r}" for r in range(8)]
-    assert [k for k in got if k.startswith("decreasing")] == [
-        f"decreasing r={r}" for r in range(1, 7)]
+    # vit_digits: 64 patches + 2 prefix, 12 blocks. The first block can merge at most 32, so
+    # constant r = 0..32 are every constant schedule (r=33 is clamped to r=32's) ...
+    assert [k for k in got if k.startswith("constant")] == [f"constant r={r}" for r in range(33)]
+    assert effective(spec, [33] * 12) == got["constant r=32"] == effective(spec, [99] * 12)
+    # ... and decreasing 2r..0 stops where clamping makes it repeat an earlier schedule
+    dec = [k for k in got if k.startswith("decreasing")]
+    assert dec == [f"decreasing r={r}" for r in range(1, len(dec) + 1)] and len(dec) >= 6
+    assert len({tuple(v) for v in got.values()}) == len(got)  # no schedule twice
     assert got["constant r=4"] == [4] * 12
     assert got["decreasing r=3"] == [6, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
     # clamped as the engine clamps: the same tokens per layer as the plain constant schedule
     assert tokens_per_layer(spec, got["constant r=7"]) == tokens_per_layer(spec, [7] * 12)
     assert got["constant r=7"] != [7] * 12
     assert tokens_per_layer(spec, got["constant r=7"])[-1] == spec.num_prefix + 1
+    # the cheapest baseline is far below where the old list (constant r <= 7) stopped
+    assert analytic_gflops(spec, got["constant r=32"]) < 0.6 * analytic_gflops(
+        spec, got["constant r=7"])
 
 
 def test_sampled_schedules_stay_within_the_tokens_left(tmp_path, spec):
@@ -152,10 +158,12 @@ def test_small_search_records_every_trial_and_its_baselines(tmp_path, spec):
     summary = search(EXP, scfg)
     study = _study(scfg)
     done = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(done) == 20 == len(study.trials)
+    n = 20 + len(baselines(spec))  # the baselines run on top of the sampled budget
+    assert len(done) == n == len(study.trials)
     df = _records(scfg)
-    assert len(df) == 20 and set(df.status) == {"ok"} and set(df.split) == {"val"}
-    assert sorted(df.trial) == list(range(20))
+    assert len(df) == n and set(df.status) == {"ok"} and set(df.split) == {"val"}
+    assert sorted(df.trial) == list(range(n))
+    assert df.baseline.isna().sum() == 20
     for _, row in df.iterrows():
         r = tuple(row["tome.r"])
         assert row["objective.top1"] == pytest.approx(fake_top1(r))
@@ -407,17 +415,18 @@ def _cli(tmp_path, *extra):
             "--search.fn", FAKE, *extra]
 
 
-def test_command_line_runs_a_search_and_prints_the_frontier(tmp_path, capsys):
+def test_command_line_runs_a_search_and_prints_the_frontier(tmp_path, capsys, spec):
     from tome_lab.search import main
 
+    n = 16 + len(baselines(spec))
     assert main(_cli(tmp_path, "--search.trials", "16", "--search.sampler", "random")) == 0
     out = capsys.readouterr().out
     assert "Pareto schedules" in out and "constant-r4" in out and "decreasing-r3" in out
-    assert len(results.load(tmp_path / "cli")) == 16
+    assert len(results.load(tmp_path / "cli")) == n
     assert (tmp_path / "cli-pareto.yaml").is_file()
     # the same command again resumes: nothing new runs
     assert main(_cli(tmp_path, "--search.trials", "16", "--search.sampler", "random")) == 0
-    assert len(_study(_scfg(tmp_path, name="cli")).trials) == 16
+    assert len(_study(_scfg(tmp_path, name="cli")).trials) == n
 
 
 @pytest.mark.parametrize("extra, message", [

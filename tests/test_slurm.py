@@ -71,3 +71,23 @@ def test_slurm_status_command_after_no_wait(tmp_path, control, capsys):
     out = capsys.readouterr().out
     assert "done  x=0  top-1 0.00" in out and "done  x=1  top-1 1.00" in out
     assert "2 done, 0 failed, 0 running, 0 queued" in out
+
+
+def test_search_workers_as_a_slurm_array_share_one_journal(tmp_path, control):
+    import test_search
+    from optuna.trial import TrialState
+
+    from tome_lab.search import budget_used, create_study, run_workers
+
+    scfg = test_search._scfg(tmp_path, trials=8, fn=test_search.SLOW, sampler="random",
+                             baselines=False, workers=2)
+    create_study(test_search.EXP, scfg)
+    ran = run_workers(test_search.EXP, scfg, LaunchConfig(launcher="slurm", time_min=5))
+    study = test_search._study(scfg)
+    assert ran == 8 == len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert budget_used(study) == 8 == len(study.trials)
+    df = test_search._records(scfg)
+    assert len(df) == 8 and set(df.status) == {"ok"}
+    # two array tasks, two processes, each with its own Slurm task id
+    jobs = sorted((tmp_path / ".launch").rglob("*_submitted.pkl"))
+    assert len({p.parent.name for p in jobs}) == 2 and df["env.pid"].nunique() == 2

@@ -15,8 +15,9 @@ from the plug-in registries (``matching``, ``prop_attn``, ...) and a FLOP budget
 - **Budget.** ``search.gflops_budget`` is an Optuna constraint (``trial.set_constraint``,
   feasible when ``gflops - budget <= 0``), which the samplers handle by constrained
   domination; it is not folded into an objective.
-- **Baselines.** The constant-r schedules and the paper's decreasing schedules are enqueued
-  when the study is created, so the study always holds them.
+- **Baselines.** Every distinct constant-r schedule and the paper's decreasing schedules are
+  enqueued when the study is created, so the study always holds them; they run before the
+  sampled trials and do not count against ``search.trials``.
 - **Storage.** An Optuna journal file by default (``<out>/<study>.journal``, safe for several
   processes on one file system), or an RDB URL. Re-running the same command resumes the study:
   finished trials are kept, and a trial left RUNNING by a dead worker (its process gone, or its
@@ -77,7 +78,8 @@ class SearchConfig:
 
     Attributes:
         name: study name; None derives one from the model, data, objectives and budget.
-        trials: trials to finish in the study, in total over all workers and runs.
+        trials: sampled trials to finish in the study, in total over all workers and runs;
+            the baselines run on top of these.
         objectives: ``top1`` (max), ``gflops`` (min, analytic count), ``img_per_s`` (max).
         sampler: ``tpe`` (Optuna's multi-objective TPE), ``nsga2`` or ``random``.
         seed: sampler seed (each worker offsets it by its index).
@@ -232,24 +234,23 @@ def suggest_schedule(trial: Any, spec: ViTSpec) -> list[int]:
 def baselines(spec: ViTSpec) -> list[tuple[str, list[int]]]:
     """The paper's schedules as (label, effective per-layer r), distinct, cheapest last.
 
-    Constant r from 0 up to the first r that leaves one unprotected token after the last block
-    (every larger constant r ends there too, only sooner), and the decreasing schedule (2r
-    down to 0) for r from 1 up to the same point.
+    Every constant r the first block can merge (0 up to half its unprotected tokens; a larger
+    r is clamped to the same schedule), and the decreasing schedule (2r down to 0) for every r
+    whose first block is not clamped. Schedules that the engine's clamping makes identical
+    appear once, under the smallest r.
     """
     from tome_lab.registry import SCHEDULES
 
     out: list[tuple[str, list[int]]] = []
     seen: set[tuple[int, ...]] = set()
-    floor = spec.num_prefix + 1
-    for kind in ("constant", "decreasing"):
+    top = max_r(spec, spec.num_tokens)
+    for kind, rs in (("constant", range(top + 1)), ("decreasing", range(1, top // 2 + 1))):
         fn = SCHEDULES.get(kind)
-        for r in range(0 if kind == "constant" else 1, spec.num_tokens + 1):
+        for r in rs:
             sched = effective(spec, fn(r, spec))
             if tuple(sched) not in seen:
                 seen.add(tuple(sched))
                 out.append((f"{kind} r={r}", sched))
-            if tokens_per_layer(spec, sched)[-1] <= floor:
-                break
     return out
 
 
@@ -453,12 +454,15 @@ def is_retried(trial: Any) -> bool:
 def budget_used(study: Any) -> int:
     """Trials that count against ``search.trials``: finished, failed by an error, running.
 
-    Stale trials (failed because their worker died) do not count: their retry does.
+    Baselines do not count (the budget is what the sampler gets on top of them), and stale
+    trials (failed because their worker died) do not either: their retry does.
     """
     from optuna.trial import TrialState
 
     n = 0
     for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("baseline") is not None:
+            continue
         if t.state in (TrialState.COMPLETE, TrialState.RUNNING):
             n += 1
         elif t.state == TrialState.FAIL and "error" in t.user_attrs:
