@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 
 import torch
 
@@ -55,12 +56,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=ModelConfig.name, help="model name (vit_digits)")
     ap.add_argument("--data", default=DataConfig.name, help="dataset name (mnist5k)")
+    ap.add_argument("--json", help="also write one JSON line per setting to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base = create_model(ModelConfig(name=args.model)).eval()
     input_size = tuple(model_data_config(base)["input_size"])  # as tome_lab.evaluate
     loader = None if args.gflops_only else build_loader(DataConfig(name=args.data), base)
-    hits = {}
+    hits, rows = {}, []
     for words in args.settings:
         torch.manual_seed(0)
         model = tome_lab.apply_tome(copy.deepcopy(base), **parse(words))
@@ -77,13 +79,22 @@ def main() -> None:
         ci = stats.wilson(int(h.sum()), len(h)).scaled(100)
         print(f"{words}: top-1 {ci.estimate:.1f} [{ci.low:.1f}, {ci.high:.1f}] on {len(h)} "
               f"images, {gflops:.4f} GFLOPs")
+        rows.append({"setting": words, "model": args.model, "data": args.data,
+                     "n_images": len(h), "top1": ci.estimate, "low": ci.low, "high": ci.high,
+                     "gflops": gflops})
     ref = args.settings[0]
-    for other in args.settings[1:] if hits else []:
+    for row, other in zip(rows[1:], args.settings[1:], strict=True) if hits else []:
         test = stats.mcnemar(hits[ref], hits[other])
         diff = stats.paired_bootstrap(hits[ref], hits[other]).scaled(100)
         print(f"{ref} vs {other}: right only with the first {test.only_a}, only with the "
               f"second {test.only_b}, McNemar p = {test.p_value:.2g}; difference "
               f"{diff.estimate:.1f} [{diff.low:.1f}, {diff.high:.1f}] points")
+        row.update(only_ref=test.only_a, only_this=test.only_b, mcnemar_p=test.p_value,
+                   diff=diff.estimate, diff_low=diff.low, diff_high=diff.high)
+    if args.json and rows:
+        from tome_lab import results
+
+        results.write_text_atomic(args.json, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":
