@@ -174,3 +174,22 @@ def test_digits_come_from_the_bundled_set():
     x, _ = _mnist_arrays()
     s = v.generate("val")
     assert s.sources.max() < len(x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_video_digits", "vit_video_digits_tome16"])
+def test_committed_checkpoints_reproduce_their_recorded_test_top1(name):
+    import json
+
+    from tome_lab.evaluate import evaluate
+
+    zoo = v.ZOO_CHECKPOINT.parent
+    rec = json.loads((zoo / f"{name}.json").read_text())
+    assert rec["split"] == "test" and rec["splits"] == {"train": 6000, "val": 500, "test": 1000}
+    assert (zoo / f"{name}.safetensors").stat().st_size <= 20 * 2**20
+    out = evaluate(ExperimentConfig(
+        model=ModelConfig(name="vit_video_digits", checkpoint=str(zoo / f"{name}.safetensors")),
+        data=DataConfig(name="moving_digits", batch_size=250),
+        tome=ToMeConfig(r=rec["config"]["tome"]["r"]), eval=EvalConfig(speed=False, threads=2)))
+    assert out["top1"] == pytest.approx(rec["top1"], abs=1e-9)
+    assert out["n_images"] == 1000
