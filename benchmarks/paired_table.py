@@ -4,9 +4,10 @@
 
 One row per setting: top-1 with its 95% Wilson interval, GFLOPs, and against the first
 setting (the reference) the images right only with the reference / only with this setting,
-McNemar's exact p and the 95% paired bootstrap interval of the difference. The verdict is
-"not distinguishable here" when the two Wilson intervals overlap, else which is higher: a
-ranking is printed only where the intervals separate.
+McNemar's exact p and the 95% paired bootstrap interval of the difference. The verdict ranks
+a setting only where an interval separates it from the reference: "above" / "below" when the
+two Wilson intervals are disjoint, "below (paired)" / "above (paired)" when they overlap but
+the paired interval of the difference excludes 0, and "not distinguishable here" otherwise.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from pathlib import Path
 
 
 def verdict(ref: dict, row: dict) -> str:
-    """``not distinguishable here`` unless the two 95% intervals are disjoint."""
+    """``not distinguishable here`` unless a 95% interval separates ``row`` from ``ref``."""
     if row["low"] > ref["high"]:
-        return "above the reference"
+        return "above"
     if row["high"] < ref["low"]:
-        return "below the reference"
+        return "below"
+    if row["diff_low"] > 0:  # reference - this, paired on the same images
+        return "below (paired)"
+    if row["diff_high"] < 0:
+        return "above (paired)"
     return "not distinguishable here"
 
 
