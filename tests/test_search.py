@@ -388,7 +388,8 @@ def test_dominates_and_hypervolume_by_hand():
 def test_search_on_the_embedded_model_and_pareto_yaml_feeds_evaluate(tmp_path, spec):
     from tome_lab.evaluate import evaluate
 
-    scfg = SearchConfig(name="real", trials=3, out=str(tmp_path))  # the constant r=0, 1, 2
+    scfg = SearchConfig(name="real", trials=3, out=str(tmp_path), baselines=False,
+                        sampler="random")  # three sampled schedules, really evaluated
     summary = search(EXP, scfg)
     df = _records(scfg)
     assert len(df) == 3 and set(df.status) == {"ok"}
