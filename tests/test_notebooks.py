@@ -19,7 +19,8 @@ NOTEBOOKS = {
     "results_overview.ipynb": ["overview_gflops.png", "overview_speed.png",
                                "overview_tokens.png", "overview_ablation.png"],
     "pareto_search.ipynb": ["pareto_search.png", "pareto_tradeoff.png", "pareto_heatmap.png"],
-    "merge_pictures.ipynb": ["merge_photos.png", "merge_digits.png"],
+    "merge_pictures.ipynb": ["merge_photos.png", "merge_digits.png", "merge_clutter.png",
+                             "merge_video.png"],
 }
 
 

@@ -159,3 +159,19 @@ def test_pretrained_without_checkpoint_says_how_to_train(monkeypatch, tmp_path):
     monkeypatch.setattr(c, "ZOO_CHECKPOINT", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="python -m tome_lab.train"):
         timm.create_model("vit_clutter", pretrained=True)
+
+
+@pytest.mark.slow
+def test_committed_checkpoint_reproduces_its_recorded_test_top1():
+    import json
+
+    from tome_lab.evaluate import evaluate
+
+    rec = json.loads(c.ZOO_CHECKPOINT.with_suffix(".json").read_text())
+    assert rec["split"] == "test" and rec["splits"] == {"train": 8000, "val": 1000, "test": 2000}
+    assert c.ZOO_CHECKPOINT.stat().st_size <= 20 * 2**20  # the budget: 20 MB
+    out = evaluate(ExperimentConfig(model=ModelConfig(name="vit_clutter"),  # zoo weights
+                                    data=DataConfig(name="clutter", batch_size=250),
+                                    eval=EvalConfig(speed=False, threads=2)))
+    assert out["top1"] == pytest.approx(rec["top1"], abs=1e-9)
+    assert out["n_images"] == 2000
