@@ -13,8 +13,8 @@ scores the schedules it needs on the test split image by image, and prints, for
   both then scored image by image on **test**: top-1 with a bootstrap interval each, and a
   paired bootstrap interval of the difference. Nothing is chosen on test.
 
-    python benchmarks/search_frontier.py --study bench100 --out runs/search \\
-        --json benchmarks/search_bench100.json
+    python benchmarks/search_frontier.py --study bench144 --out runs/search \\
+        --json benchmarks/search_bench144.json
 """
 
 from __future__ import annotations
