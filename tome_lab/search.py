@@ -59,7 +59,7 @@ from tome_lab.config import (
     from_dict,
     to_dict,
 )
-from tome_lab.flops import ViTSpec, analytic_gflops, tokens_per_layer
+from tome_lab.flops import ViTSpec, analytic_gflops
 from tome_lab.merge import clamp_r
 
 # objective name -> Optuna direction
