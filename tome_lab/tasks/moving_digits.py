@@ -231,8 +231,8 @@ def vit_video_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     cfg["input_size"] = (args["in_chans"], *model.patch_embed.img_size)
     return finish_zoo_model(
         model, cfg, pretrained, ZOO_CHECKPOINT,
-        f"it is not trained yet; train it with `python -m tome_lab.train --model {MODEL} "
-        f"--data moving_digits --teacher none --no-augment`")
+        f"train it with `python -m tome_lab.train --model {MODEL} --data moving_digits "
+        f"--teacher none --no-augment` (tome_lab/zoo/{MODEL}.json holds the full command)")
 
 
 register_once(vit_video_digits)
