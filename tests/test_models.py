@@ -146,3 +146,20 @@ def test_random_init_of_any_timm_name():
 def test_unknown_model_suggests():
     with pytest.raises(ValueError, match="vit_digits"):
         create_model(ModelConfig(name="vit_digit"))
+
+
+@pytest.mark.parametrize("name", ["vit_clutter", "vit_video_digits", "vit_audio_digits"])
+def test_embedded_task_models_load_their_zoo_file_without_probing_the_network(name, monkeypatch):
+    import timm
+
+    from tome_lab import models
+
+    def no_probe(*a, **k):
+        raise AssertionError("the network was probed for a model whose weights are local")
+
+    monkeypatch.setattr(models, "_online", no_probe)
+    m = create_model(ModelConfig(name=name, pretrained=True))
+    file = timm.models.get_pretrained_cfg(name).file
+    ref = models.load_checkpoint(timm.create_model(name, pretrained=False), file).eval()
+    for (k, a), (_, b) in zip(m.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k

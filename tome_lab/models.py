@@ -252,6 +252,15 @@ def _weights_cached(name: str) -> bool:
     return source == "state_dict"
 
 
+def _local_weights(name: str) -> bool:
+    """Whether ``name``'s pretrained config points at a local file and at no hub or URL."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return (cfg is not None and bool(getattr(cfg, "file", None)) and not cfg.hf_hub_id
+            and not cfg.url)
+
+
 def _online(address: tuple[str, int] = _HUB_HOST, timeout: float = _PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to the weights host opens within ``timeout`` seconds."""
     import socket
@@ -288,6 +297,9 @@ def create_model(cfg: ModelConfig | None = None) -> nn.Module:
 
     - ``checkpoint=PATH``: random init, then the file's weights (safetensors or torch).
     - ``vit_digits`` with ``pretrained``: the committed zoo checkpoint.
+    - a model whose pretrained config names only a local file (the embedded tasks' models:
+      ``vit_clutter``, ``vit_video_digits``, ``vit_audio_digits``) with ``pretrained``: that
+      file, with no network probe.
     - another timm name with ``pretrained``: timm's loading (its cache, or the hub when a
       3-second connection probe to it succeeds).
     - ``pretrained=False``: random init (speed-only runs).
@@ -310,7 +322,7 @@ def create_model(cfg: ModelConfig | None = None) -> nn.Module:
     if cfg.checkpoint is not None:
         model = timm.create_model(cfg.name, pretrained=False)
         load_checkpoint(model, cfg.checkpoint)
-    elif cfg.pretrained and cfg.name != EMBEDDED:
+    elif cfg.pretrained and cfg.name != EMBEDDED and not _local_weights(cfg.name):
         # timm's own loading: its cache, and the hub only when this machine can reach it;
         # offline and uncached, say how to provide weights instead of waiting on the network.
         online = _online()
