@@ -24,6 +24,7 @@ import copy
 import json
 
 import torch
+from r_sweep import hits as image_hits  # benchmarks/ is on sys.path when run as a script
 
 import tome_lab
 from tome_lab import stats
@@ -70,11 +71,7 @@ def main() -> None:
         if loader is None:
             print(f"{words}: {gflops:.4f} GFLOPs")
             continue
-        out = []
-        with torch.no_grad():
-            for x, y in loader:
-                out.append((model(x).argmax(-1) == y).float())  # (B,)
-        h = torch.cat(out).numpy()  # (n_images,)
+        h = image_hits(model, loader)  # (n_images,) 0/1
         hits[words] = h
         ci = stats.wilson(int(h.sum()), len(h)).scaled(100)
         print(f"{words}: top-1 {ci.estimate:.1f} [{ci.low:.1f}, {ci.high:.1f}] on {len(h)} "
