@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import timm
 import torch
+import torch.utils._python_dispatch
 from conftest import tiny_vit
 
 import tome_lab
@@ -205,3 +208,45 @@ def test_patched_model_deepcopies_and_pickles():
         torch.testing.assert_close(again(x), m(x))
     assert tome_lab.tome_state(twin).tokens == tome_lab.tome_state(m).tokens
     assert tome_lab.tome_state(again).tokens == tome_lab.tome_state(m).tokens
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten operators a forward dispatches (what a batch-1 forward pays for)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(model, x):
+    with torch.inference_mode(), _CountOps() as c:
+        model(x)
+    return c.ops
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
+def test_operator_budget_of_a_merging_block(name):
+    m = tiny_vit(name, img_size=64, depth=4, embed_dim=64, num_heads=4)
+    x = torch.randn(1, 3, 64, 64)
+    base = _ops(m, x)
+    tome_lab.apply_tome(m, r=0)
+    r0 = _ops(m, x)
+    # r = 0 dispatches nothing timm does not (eval-mode dropouts, identities, are skipped)
+    assert not r0 - base, r0 - base
+    counts = {}
+    for rs in ([3, 0, 0, 0], [3, 3, 0, 0], [3, 0, 3, 0], [3, 3, 3, 0]):
+        tome_lab.apply_tome(m, r=rs)
+        counts[tuple(rs)] = _ops(m, x)
+    steady = counts[3, 3, 0, 0] - counts[3, 0, 0, 0]  # a merging block after the first
+    # a block whose r is 0 adds nothing, wherever it sits; every merging block after the
+    # first adds the same operators ...
+    assert counts[3, 0, 3, 0] == counts[3, 3, 0, 0]
+    assert counts[3, 3, 3, 0] - counts[3, 3, 0, 0] == steady
+    assert not counts[3, 0, 0, 0] - counts[3, 3, 0, 0]
+    assert {"matmul", "argsort", "scatter_reduce", "log"} <= set(steady)
+    # ... and few of them: one normalisation, one score matrix, one merge of [x * size, size]
+    assert sum(steady.values()) <= 40, dict(steady)

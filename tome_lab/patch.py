@@ -191,7 +191,7 @@ def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, N, hd)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    if mask is not None:
+    if mask is not None and mask.dtype != q.dtype:
         mask = mask.to(q.dtype)
     if attn.fused_attn:
         x = F.scaled_dot_product_attention(
@@ -205,7 +205,9 @@ def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None
     x = attn.norm(x)
     if gate is not None:
         x = x * gate
-    x = attn.proj_drop(attn.proj(x))
+    x = attn.proj(x)
+    if attn.training or not isinstance(attn.proj_drop, nn.Dropout):  # eval dropout: identity
+        x = attn.proj_drop(x)
     return x, (q, k, v)
 
 

@@ -15,4 +15,5 @@ def proportional(size: Tensor | None) -> Tensor | None:
     """[B, N, 1] sizes -> [B, 1, 1, N] additive mask (None while all sizes are 1)."""
     if size is None:
         return None
-    return size.log()[:, None, None, :, 0]  # (B, 1, 1, N), broadcast over heads and queries
+    n, t, _ = size.shape
+    return size.log().reshape(n, 1, 1, t)  # broadcast over heads and queries

@@ -17,6 +17,8 @@ With another partition plug-in, A and B are drawn from the unprotected tokens on
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -32,8 +34,10 @@ def _best_edges(scores: Tensor, r: int, keep_order: bool, a_prefix: int = 0, b_p
     """(unm_idx, src_idx, dst_idx) from the r best A -> B edges.
 
     Args:
-        scores: [B, Na - a_prefix, Nb - b_prefix] similarities of the unprotected tokens.
-        r: edges to merge.
+        scores: [B, Na, Nb] similarities of A to B, protected tokens included; the rows of
+            the protected A tokens and the columns of the protected B tokens are overwritten
+            with -inf here, so that they are never a source or a destination.
+        r: edges to merge (at most Na - a_prefix).
         keep_order: sort the unmerged A tokens back into sequence order.
         a_prefix: protected tokens heading A (kept first, never a source).
         b_prefix: protected tokens heading B (never a destination).
@@ -41,20 +45,20 @@ def _best_edges(scores: Tensor, r: int, keep_order: bool, a_prefix: int = 0, b_p
     Returns:
         [B, Na - r, 1], [B, r, 1], [B, r, 1] indices into A, A and B.
     """
-    node_max, node_idx = scores.max(dim=-1)  # (B, Na') best partner in B
-    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]  # (B, Na', 1)
     if a_prefix:
-        edge_idx = edge_idx + a_prefix
-    unm_idx = edge_idx[:, r:]
-    if keep_order:
-        unm_idx = unm_idx.sort(dim=1).values
-    src_idx = edge_idx[:, :r]
-    dst_idx = node_idx[..., None].gather(1, src_idx - a_prefix if a_prefix else src_idx)
+        scores[:, :a_prefix].fill_(-math.inf)
     if b_prefix:
-        dst_idx = dst_idx + b_prefix
-    if a_prefix:
+        scores[..., :b_prefix].fill_(-math.inf)
+    node_max, node_idx = scores.max(dim=-1)  # (B, Na) best partner in B
+    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]  # (B, Na, 1)
+    unm_idx = edge_idx[:, r:]  # the protected rows (-inf) sort last, so they are here
+    src_idx = edge_idx[:, :r]
+    dst_idx = node_idx[..., None].gather(1, src_idx)
+    if keep_order:  # sequence order puts the protected rows (0 .. a_prefix - 1) first too
+        unm_idx = unm_idx.sort(dim=1).values
+    elif a_prefix:  # score order for the others, the protected rows moved to the front
         head = torch.arange(a_prefix, device=scores.device).expand(scores.shape[0], a_prefix)
-        unm_idx = torch.cat([head[..., None], unm_idx], dim=1)
+        unm_idx = torch.cat([head[..., None], unm_idx[:, :-a_prefix]], dim=1)
     return unm_idx, src_idx, dst_idx
 
 
@@ -91,10 +95,11 @@ def bipartite(ctx: MatchContext, r: int, order: str = "published") -> tuple[Merg
     b_prefix = p // 2  # alternate split: prefix positions 1, 3, ... land in B
     a_prefix = p - b_prefix
     with torch.no_grad():
-        # protected tokens are left out of the scores: never a source, never a destination
-        a = ctx.metric[:, a_prefix * 2::2]  # (B, Na - a_prefix, C)
-        b = ctx.metric[:, b_prefix * 2 + 1::2]  # (B, Nb - b_prefix, C)
-        scores = similarity(a, b, ctx.distance)
+        metric, distance = ctx.metric, ctx.distance
+        if distance == "cosine":  # normalise the whole sequence once rather than A and B apart
+            metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            distance = "dot"
+        scores = similarity(metric[:, ::2], metric[:, 1::2], distance)  # (B, Na, Nb)
         keep_order = order == "sorted" or ctx.class_token
         edges = _best_edges(scores, r, keep_order, a_prefix, b_prefix)
     return bipartite_merge_fns(*edges, num_prefix=p, b_prefix=b_prefix)
