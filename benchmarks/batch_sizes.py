@@ -8,7 +8,9 @@ For each batch size, every variant (timm, then tome_lab at each r; eager, and co
 ``--compile``) is timed in the same process, interleaved round by round after warm-up, so
 that a busy machine slows all of them alike; the table gives median images/s and the ratio to
 timm in the same mode (eager to eager, compiled to compiled) and, for compiled tome_lab, to
-timm eager too. Random weights: speed does not depend on them.
+timm eager too, and the spread of the per-round ratios (each round's variant against the
+round's timm), which shows how far one reading can be trusted on a shared machine. Random
+weights: speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def _variants(name: str, rs: list[int], compile_: bool) -> dict[str, torch.nn.Mo
 
 @torch.inference_mode()
 def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, iters: int,
-            compile_: bool) -> dict[str, float]:
-    """Median images/s of each variant at one batch size, timed interleaved."""
+            compile_: bool) -> dict[str, list[float]]:
+    """Seconds per call of each variant in every round, timed interleaved."""
     models = _variants(name, rs, compile_)
     x = torch.randn(batch, 3, 224, 224)
     for m in models.values():  # warm-up (and compilation)
@@ -63,7 +65,17 @@ def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, ite
             for _ in range(iters):
                 m(x)
             times[k].append((time.perf_counter() - t0) / iters)
-    return {k: batch / statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def round_ratios(times: list[float], ref: list[float]) -> tuple[float, float, float]:
+    """Speed-up over ``ref`` in each round (adjacent in time, so a slow spell of the machine
+    slows both): (first quartile, median, third quartile)."""
+    ratios = [t_ref / t for t, t_ref in zip(times, ref)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q1, med, q3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,17 +96,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    print("| batch | variant | img/s | vs timm (same mode) | vs timm eager |")
-    print("|---|---|---|---|---|")
+    print("| batch | variant | img/s | vs timm (same mode) | per-round ratio, median [quartiles] "
+          "| vs timm eager |")
+    print("|---|---|---|---|---|---|")
     for b in args.batch_sizes:
         iters = args.iters or max(1, 64 // b)
-        ips = measure(args.model, b, args.r, args.repeats, args.warmup, iters, args.compile)
+        times = measure(args.model, b, args.r, args.repeats, args.warmup, iters, args.compile)
+        ips = {k: b / statistics.median(v) for k, v in times.items()}
         for k, v in ips.items():
             mode = "compiled" if k.endswith("compiled") else "eager"
             same = v / ips[f"timm {mode}"]
             eager = v / ips["timm eager"]
-            rows.append(dict(batch=b, variant=k, img_s=v, vs_same=same, vs_eager=eager))
-            print(f"| {b} | {k} | {v:.1f} | {same:.2f}x | {eager:.2f}x |", flush=True)
+            q1, med, q3 = round_ratios(times[k], times[f"timm {mode}"])
+            rows.append(dict(batch=b, variant=k, img_s=v, vs_same=same, vs_eager=eager,
+                             round_ratio=med, round_ratio_q1=q1, round_ratio_q3=q3,
+                             rounds=len(times[k])))
+            print(f"| {b} | {k} | {v:.1f} | {same:.2f}x | {med:.2f}x [{q1:.2f}, {q3:.2f}] "
+                  f"| {eager:.2f}x |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(argv=sys.argv, torch=torch.__version__, timm=timm.__version__,

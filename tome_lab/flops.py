@@ -94,8 +94,8 @@ def matching_flops(spec: ViTSpec, n: int, r: int) -> int:
             nb = -(-m // k)  # unprotected positions 0, k, 2k, ... are destinations
             return (m - nb) * nb * c
         if name == "bipartite" and spec.partition == "alternate":
-            b_prefix = p // 2  # protected tokens are left out of the score matrix
-            return ((n + 1) // 2 - (p - b_prefix)) * (n // 2 - b_prefix) * c
+            # the score matrix holds every A row and B column, protected ones set to -inf
+            return ((n + 1) // 2) * (n // 2) * c
         return (m // 2) * (m - m // 2) * c  # halves / random partitions of the unprotected
     if name == "greedy":
         return n * n * c + (r - 1) * n * c  # all pairs once, then a row per merge but the last

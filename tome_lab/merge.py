@@ -157,15 +157,11 @@ def merge_wavg(merge: MergeFn, x: Tensor, size: Tensor | None = None) -> tuple[T
     Returns:
         ([B, N - r, C] merged tokens, [B, N - r, 1] their sizes).
     """
-    # one merge of [x * size, size] instead of two: half the gathers and scatters, which is
-    # what a batch-1 forward pays for (the sums are the same, element by element)
     if size is None:
-        both = torch.cat([x, x.new_ones(x.shape[0], x.shape[1], 1)], dim=-1)
-    else:
-        both = torch.cat([x * size, size], dim=-1)
-    both = merge(both, mode="sum")
-    size = both[..., -1:]
-    return both[..., :-1] / size, size
+        size = x.new_ones(x.shape[0], x.shape[1], 1)
+    x = merge(x * size, mode="sum")
+    size = merge(size, mode="sum")
+    return x / size, size
 
 
 def merge_source(merge: MergeFn, x: Tensor, source: Tensor | None = None) -> Tensor:
