@@ -125,6 +125,20 @@ def test_mcnemar_exact_p_value(only_a, only_b, p):
     assert res.p_value == pytest.approx(p)
 
 
+@pytest.mark.parametrize("only_a, only_b", [(600, 540), (1000, 100), (1100, 0), (700, 700)])
+def test_mcnemar_with_more_than_1023_disagreements(only_a, only_b):
+    # 2.0 ** m overflows past m = 1023; the reference here sums the binomial in log space
+    m, k = only_a + only_b, min(only_a, only_b)
+    logs = [math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) - m * math.log(2)
+            for i in range(k + 1)]
+    top = max(logs)
+    want = min(1.0, 2 * math.exp(top) * sum(math.exp(v - top) for v in logs))
+    a = [1] * only_a + [0] * only_b
+    b = [0] * only_a + [1] * only_b
+    res = stats.mcnemar(a, b)
+    assert res.p_value == pytest.approx(want, rel=1e-9, abs=1e-300)
+
+
 def _brute_front(cost, value):
     n = len(cost)
     keep = []

@@ -209,7 +209,8 @@ def mcnemar(hits_a: Sequence[float] | np.ndarray, hits_b: Sequence[float] | np.n
     if m == 0:
         return McNemar(0, 0, 1.0)
     k = min(only_a, only_b)
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2.0 ** m  # P(X <= k), X ~ Bin(m, 1/2)
+    # P(X <= k), X ~ Bin(m, 1/2), in exact integers: 2.0 ** m overflows a float past m = 1023
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / (1 << m)
     return McNemar(only_a, only_b, min(1.0, 2.0 * tail))
 
 
