@@ -71,7 +71,7 @@ def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, ite
 def round_ratios(times: list[float], ref: list[float]) -> tuple[float, float, float]:
     """Speed-up over ``ref`` in each round (adjacent in time, so a slow spell of the machine
     slows both): (first quartile, median, third quartile)."""
-    ratios = [t_ref / t for t, t_ref in zip(times, ref)]
+    ratios = [t_ref / t for t, t_ref in zip(times, ref, strict=True)]
     if len(ratios) < 2:
         return ratios[0], ratios[0], ratios[0]
     q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
