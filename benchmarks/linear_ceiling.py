@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 run(plan)
                 times[k].append(time.perf_counter() - t0)
     base, merged = (statistics.median(v) for v in times.values())
-    ratios = sorted(a / b for a, b in zip(*times.values()))
+    ratios = sorted(a / b for a, b in zip(*times.values(), strict=True))
     q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     mac_ratio = macs(plans["unmerged"]) / macs(plans[f"r={args.r}"])
     print(f"batch {args.batch}, linear layers only: unmerged {base * 1e3:.1f} ms, "
