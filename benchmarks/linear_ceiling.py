@@ -4,9 +4,10 @@ Run from the repository root (the command recorded in benchmarks/README.md):
 
     .venv/bin/python benchmarks/linear_ceiling.py --batch 1 --r 16 --threads 2
 
-Times only the linear layers of DeiT-S's twelve blocks (qkv and projection on the tokens that
-enter each block, the two MLP layers on the tokens left after its merge), once at the unmerged
-token count and once at the counts that constant r leaves, interleaved round by round. Their
+Times only the linear layers of a timm ViT (DeiT-S by default; block 0's layers stand in for
+every block's): qkv and projection on the tokens that enter each block, the two MLP layers on
+the tokens left after its merge, once at the unmerged token counts and once at those constant r
+leaves (``tome_lab.flops.tokens_per_layer``), interleaved round by round. Their
 ratio is what merging can buy for the layers that hold most of the FLOPs; next to the MAC
 ratio it shows how much of the arithmetic saved the matrix-multiply kernels turn into time
 when the token dimension gets small.
@@ -18,42 +19,38 @@ import argparse
 import statistics
 import time
 
+import timm
 import torch
-from torch import nn
 
-from tome_lab.merge import clamp_r
-
-
-def token_counts(tokens: int, prefix: int, depth: int, r: int) -> list[tuple[int, int]]:
-    """(tokens entering, tokens after the merge) of each block under constant r."""
-    out = []
-    for _ in range(depth):
-        after = tokens - clamp_r(r, tokens, prefix)
-        out.append((tokens, after))
-        tokens = after
-    return out
+import tome_lab
+from tome_lab.flops import tokens_per_layer
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="deit_small_patch16_224")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--r", type=int, default=16)
-    ap.add_argument("--dim", type=int, default=384, help="width (DeiT-S: 384)")
-    ap.add_argument("--mlp-ratio", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=197, help="tokens entering block 0")
-    ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     args = ap.parse_args(argv)
-    if min(args.batch, args.dim, args.tokens, args.depth, args.rounds, args.mlp_ratio) < 1:
-        ap.error("--batch, --dim, --tokens, --depth, --rounds and --mlp-ratio must be >= 1")
+    if min(args.batch, args.rounds) < 1 or args.r < 0:
+        ap.error("--batch and --rounds must be >= 1, --r >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    d, h = args.dim, args.dim * args.mlp_ratio
-    qkv, proj, fc1, fc2 = nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Linear(d, h), nn.Linear(h, d)
-    plans = {"unmerged": token_counts(args.tokens, 1, args.depth, 0),
-             f"r={args.r}": token_counts(args.tokens, 1, args.depth, args.r)}
+    model = timm.create_model(args.model, pretrained=False).eval()
+    spec = tome_lab.vit_spec(model)  # token counts as the engine clamps them
+    blk = model.blocks[0]
+    qkv, proj, fc1, fc2 = blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2
+
+    def plan(r: int) -> list[tuple[int, int]]:
+        """(tokens entering, tokens after the merge) of each block under constant r."""
+        after = tokens_per_layer(spec, [r] * spec.depth)
+        return list(zip([spec.num_tokens, *after[:-1]], after, strict=True))
+
+    plans = {"unmerged": plan(0), f"r={args.r}": plan(args.r)}
+    d = spec.embed_dim
     inputs = {n: torch.randn(args.batch, n, d) for p in plans.values() for pair in p for n in pair}
 
     def run(plan: list[tuple[int, int]]) -> None:
@@ -63,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             fc2(fc1(inputs[n_out]))
 
     def macs(plan: list[tuple[int, int]]) -> int:
-        return sum(n_in * (4 * d * d) + n_out * (2 * d * h) for n_in, n_out in plan)
+        per_in = qkv.weight.numel() + proj.weight.numel()
+        per_out = fc1.weight.numel() + fc2.weight.numel()
+        return sum(n_in * per_in + n_out * per_out for n_in, n_out in plan)
 
     times: dict[str, list[float]] = {k: [] for k in plans}
     with torch.inference_mode():
