@@ -3,6 +3,8 @@
 Run from the repository root (the command recorded in benchmarks/README.md):
 
     .venv/bin/python benchmarks/batch_sizes.py --batch-sizes 1,8,32 --r 0,8,16 --repeats 5
+    .venv/bin/python benchmarks/batch_sizes.py --batch-sizes 1 --r 0,16 --compile \
+        --compile-mode max-autotune --freezing   # inductor's CPU GEMM templates, minutes
 
 For each batch size, every variant (timm, then tome_lab at each r; eager, and compiled with
 ``--compile``) is timed in the same process, interleaved round by round after warm-up, so
@@ -26,6 +28,7 @@ import timm
 import torch
 
 import tome_lab
+from tome_lab.runtime import compile_model
 
 
 def _ints(text: str) -> list[int]:
@@ -36,24 +39,29 @@ def _ints(text: str) -> list[int]:
             f"expected comma-separated integers, got {text!r}") from None
 
 
-def _variants(name: str, rs: list[int], compile_: bool) -> dict[str, torch.nn.Module]:
+def _variants(name: str, rs: list[int], compile_: bool, mode: str = "default",
+              freezing: bool = False) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     base = timm.create_model(name, pretrained=False).eval()
     out: dict[str, torch.nn.Module] = {"timm eager": base}
     for r in rs:
         out[f"r={r} eager"] = tome_lab.apply_tome(copy.deepcopy(base), r=r)
     if compile_:
-        out["timm compiled"] = torch.compile(base, fullgraph=True)
+        def comp(m: torch.nn.Module) -> torch.nn.Module:
+            return compile_model(m, mode=mode, freezing=freezing, fullgraph=True)
+
+        out["timm compiled"] = comp(base)
         for r in rs:
-            out[f"r={r} compiled"] = torch.compile(out[f"r={r} eager"], fullgraph=True)
+            out[f"r={r} compiled"] = comp(out[f"r={r} eager"])
     return out
 
 
 @torch.inference_mode()
 def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, iters: int,
-            compile_: bool) -> dict[str, list[float]]:
+            compile_: bool, mode: str = "default", freezing: bool = False
+            ) -> dict[str, list[float]]:
     """Seconds per call of each variant in every round, timed interleaved."""
-    models = _variants(name, rs, compile_)
+    models = _variants(name, rs, compile_, mode, freezing)
     x = torch.randn(batch, 3, 224, 224)
     for m in models.values():  # warm-up (and compilation)
         for _ in range(warmup):
@@ -88,11 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=0,
                     help="calls per round (0: enough for about 64 images, at least 1)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile variants")
+    ap.add_argument("--compile-mode", default="default",
+                    choices=["default", "max-autotune", "max-autotune-no-cudagraphs"],
+                    help="inductor mode for every compiled variant")
+    ap.add_argument("--freezing", action="store_true",
+                    help="inductor freezing (weights as pre-packed constants) for every "
+                         "compiled variant")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.iters < 0:
         ap.error("--repeats must be >= 1, --warmup and --iters >= 0")
+    if (args.compile_mode != "default" or args.freezing) and not args.compile:
+        ap.error("--compile-mode and --freezing apply to compiled variants: add --compile")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -101,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for b in args.batch_sizes:
         iters = args.iters or max(1, 64 // b)
-        times = measure(args.model, b, args.r, args.repeats, args.warmup, iters, args.compile)
+        times = measure(args.model, b, args.r, args.repeats, args.warmup, iters, args.compile,
+                        args.compile_mode, args.freezing)
         ips = {k: b / statistics.median(v) for k, v in times.items()}
         for k, v in ips.items():
             mode = "compiled" if k.endswith("compiled") else "eager"
@@ -116,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(argv=sys.argv, torch=torch.__version__, timm=timm.__version__,
+                           compile_mode=args.compile_mode, freezing=args.freezing,
                            threads=torch.get_num_threads(), rows=rows), f, indent=1)
     return 0
 

@@ -54,3 +54,31 @@ def test_inductor_compiled_deit_tiny_equals_eager():
     """The real compiler (inductor) on a random-initialised DeiT-T, 96 px to stay fast."""
     m = tome_lab.apply_tome(tiny_vit(img_size=96, depth=12, embed_dim=192, num_heads=3), r=4)
     _compiled_equals_eager(m, torch.randn(2, 3, 96, 96), backend="inductor")
+
+
+def test_compile_model_refuses_inductor_options_on_other_backends():
+    from tome_lab.runtime import compile_model
+
+    with pytest.raises(ValueError, match="inductor options"):
+        compile_model(tiny_vit(), backend="eager", freezing=True)
+
+
+@pytest.mark.slow
+def test_inductor_freezing_equals_eager_and_freezes_the_weights():
+    """Freezing folds the weights in as constants: the compiled model computes what the eager
+    one does, and a weight changed afterwards is not seen (as ``compile_model`` warns)."""
+    from tome_lab.runtime import compile_model
+
+    torch._dynamo.reset()
+    m = tome_lab.apply_tome(tiny_vit(img_size=64, depth=2), r=3)
+    x = torch.randn(2, 3, 64, 64)
+    compiled = compile_model(m, freezing=True, fullgraph=True)
+    with torch.inference_mode():
+        want = m(x)
+        got = compiled(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        m.blocks[1].mlp.fc1.weight.mul_(2.0)
+    with torch.inference_mode():
+        assert not torch.allclose(m(x), want, atol=1e-3)  # eager sees the new weight
+        torch.testing.assert_close(compiled(x), got)  # the frozen graph does not

@@ -50,6 +50,9 @@ def test_missing_fields_take_defaults():
     ({"data": {"split": "holdout"}}, "unknown split 'holdout'; valid: train, val, test"),
     ({"eval": {"device": "gpu0"}}, "unknown device 'gpu0'"),
     ({"eval": {"compile_backend": "tvm"}}, "valid: inductor"),
+    ({"eval": {"compile_mode": "fast"}}, "unknown compile_mode 'fast'; valid: default"),
+    ({"eval": {"compile_backend": "eager", "compile_freezing": True}}, "inductor options"),
+    ({"eval": {"compile_freezing": "yes"}}, "compile_freezing"),
     ({"seed": "zero"}, "seed must be an int"),
     ({"tome": 3}, "ToMeConfig takes a mapping"),
 ])

@@ -229,9 +229,10 @@ def _ops(model, x):
 
 
 # operators a merging block adds (bipartite, cosine, size-weighted average, proportional
-# attention); before the engine's second pass they were 49 and 58
-@pytest.mark.parametrize("name,budget", [("deit_tiny_patch16_224", 40),
-                                         ("deit_tiny_distilled_patch16_224", 50)])
+# attention); before the engine's second pass they were 49 and 58, then 40 and 50 before
+# the merge moved to whole-row index_select / index_add_
+@pytest.mark.parametrize("name,budget", [("deit_tiny_patch16_224", 39),
+                                         ("deit_tiny_distilled_patch16_224", 45)])
 def test_operator_budget_of_a_merging_block(name, budget):
     m = tiny_vit(name, img_size=64, depth=4, embed_dim=64, num_heads=4)
     x = torch.randn(1, 3, 64, 64)
@@ -250,7 +251,7 @@ def test_operator_budget_of_a_merging_block(name, budget):
     assert counts[3, 0, 3, 0] == counts[3, 3, 0, 0]
     assert counts[3, 3, 3, 0] - counts[3, 3, 0, 0] == steady
     assert not counts[3, 0, 0, 0] - counts[3, 3, 0, 0]
-    assert {"matmul", "argsort", "scatter_reduce", "log"} <= set(steady)
+    assert {"matmul", "argsort", "index_add_", "log"} <= set(steady)
     # ... and few of them: one normalisation, one score matrix, protected tokens masked
     # with -inf rather than cut out and indexed around, no eval-mode dropout
     assert sum(steady.values()) <= budget, dict(steady)

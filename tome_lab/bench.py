@@ -200,7 +200,8 @@ def measure(p: Prepared) -> list[dict[str, Any]]:
     fns = {}
     for s in p.settings:
         for v in variants:
-            m = p.models[s] if v == "eager" else compile_model(p.models[s], ev.compile_backend)
+            m = p.models[s] if v == "eager" else compile_model(
+                p.models[s], ev.compile_backend, ev.compile_mode, ev.compile_freezing)
 
             def call(m: nn.Module = m) -> None:
                 with torch.inference_mode(), autocast(p.x.device, ev.dtype):

@@ -154,6 +154,7 @@ class ToMeConfig:
 
 _DTYPES = ("fp32", "bf16", "fp16")
 _BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _check_device(device: Any) -> None:
@@ -261,6 +262,10 @@ class EvalConfig:
             timing them.
         compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` and
             ``aot_eager`` trace without generating code, for quick checks).
+        compile_mode: inductor's mode (``default``, ``reduce-overhead``, ``max-autotune``,
+            ``max-autotune-no-cudagraphs``), for every compiled model alike.
+        compile_freezing: inductor's freezing (weights folded in as constants and pre-packed;
+            inference only), for every compiled model alike.
     """
 
     device: str = "cpu"
@@ -271,6 +276,8 @@ class EvalConfig:
     speed_warmup: int = 1
     compile: bool = False
     compile_backend: str = "inductor"
+    compile_mode: str = "default"
+    compile_freezing: bool = False
 
     def __post_init__(self) -> None:
         _check_device(self.device)
@@ -279,9 +286,16 @@ class EvalConfig:
         _check_int("eval", "threads", self.threads, 1, none_ok=True)
         _check_int("eval", "speed_batches", self.speed_batches, 1)
         _check_int("eval", "speed_warmup", self.speed_warmup, 0)
-        for name in ("speed", "compile"):
+        for name in ("speed", "compile", "compile_freezing"):
             _check_bool("eval", name, getattr(self, name))
         _check_backend(self.compile_backend)
+        if self.compile_mode not in _COMPILE_MODES:
+            raise ValueError(f"unknown compile_mode {self.compile_mode!r}; valid: "
+                             f"{', '.join(_COMPILE_MODES)}")
+        if self.compile_backend != "inductor" and (self.compile_mode != "default"
+                                                   or self.compile_freezing):
+            raise ValueError(f"compile_mode and compile_freezing are inductor options; "
+                             f"compile_backend is {self.compile_backend!r}")
 
 
 _TEACHERS = ("cnn", "none")

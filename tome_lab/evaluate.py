@@ -175,8 +175,10 @@ def measure(p: Prepared) -> dict[str, Any]:
     cfg = p.cfg
     base, merged = p.base, p.merged
     if cfg.eval.compile:
-        base = compile_model(p.base, cfg.eval.compile_backend)
-        merged = compile_model(p.merged, cfg.eval.compile_backend)
+        ev = cfg.eval
+        base = compile_model(p.base, ev.compile_backend, ev.compile_mode, ev.compile_freezing)
+        merged = compile_model(p.merged, ev.compile_backend, ev.compile_mode,
+                               ev.compile_freezing)
     result: dict[str, Any] = score(merged, p.loader, p.device, cfg.eval.dtype)
     x = next(iter(p.loader))[0].to(p.device)
     with torch.no_grad(), autocast(p.device, cfg.eval.dtype):

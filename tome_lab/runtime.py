@@ -43,14 +43,53 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+def compile_model(model: nn.Module, backend: str = "inductor", mode: str = "default",
+                  freezing: bool = False, fullgraph: bool = False) -> nn.Module:
     """``torch.compile(model)`` with ``backend``; the compiled module shares the weights.
 
     ``dynamic=False``: a new input shape (a last, smaller batch; the timing batch) compiles a
     graph of its own. With dynamic shapes, tracing token merging's gathers symbolically can
     take longer than the whole evaluation.
+
+    Args:
+        model: the module to compile.
+        backend: a ``torch.compile`` backend.
+        mode: inductor's mode (``default``, ``reduce-overhead``, ``max-autotune``,
+            ``max-autotune-no-cudagraphs``); ``max-autotune`` times candidate kernels for
+            every matrix product shape, which on a CPU can choose inductor's own GEMM
+            templates over oneDNN / MKL (minutes of compilation).
+        freezing: inductor's freezing, for inference only: graphs traced without autograd
+            (``torch.no_grad`` / ``inference_mode``) fold the weights in as constants and
+            pre-pack them for the matrix-product kernels. Changing the weights afterwards
+            is not seen by the compiled module.
+        fullgraph: fail on any graph break instead of falling back to Python.
     """
-    return torch.compile(model, backend=backend, dynamic=False)  # type: ignore[return-value]
+    if backend != "inductor" and (mode != "default" or freezing):
+        raise ValueError(f"compile mode {mode!r} and freezing={freezing} are inductor options; "
+                         f"the backend is {backend!r}")
+    compiled = torch.compile(model, backend=backend, dynamic=False, fullgraph=fullgraph,
+                             mode=None if mode == "default" else mode)
+    return _Freezing(compiled) if freezing else compiled  # type: ignore[return-value]
+
+
+class _Freezing(nn.Module):
+    """Calls a compiled module with inductor's ``freezing`` switched on.
+
+    Dynamo reads the switch from the global config while it traces (on the first call, and
+    on any recompilation), to treat the weights as constants; ``torch.compile(options=...)``
+    reaches inductor only, too late for that, so the switch is set around every call instead
+    of for the whole process.
+    """
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        from torch._inductor import config
+
+        with config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
 
 
 def interleaved_times(fns: Mapping[K, Callable[[], Any]], repeats: int, warmup: int = 1,

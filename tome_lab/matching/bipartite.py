@@ -43,22 +43,22 @@ def _best_edges(scores: Tensor, r: int, keep_order: bool, a_prefix: int = 0, b_p
         b_prefix: protected tokens heading B (never a destination).
 
     Returns:
-        [B, Na - r, 1], [B, r, 1], [B, r, 1] indices into A, A and B.
+        [B, Na - r], [B, r], [B, r] indices into A, A and B.
     """
     if a_prefix:
         scores[:, :a_prefix].fill_(-math.inf)
     if b_prefix:
         scores[..., :b_prefix].fill_(-math.inf)
     node_max, node_idx = scores.max(dim=-1)  # (B, Na) best partner in B
-    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]  # (B, Na, 1)
+    edge_idx = node_max.argsort(dim=-1, descending=True)  # (B, Na)
     unm_idx = edge_idx[:, r:]  # the protected rows (-inf) sort last, so they are here
     src_idx = edge_idx[:, :r]
-    dst_idx = node_idx[..., None].gather(1, src_idx)
+    dst_idx = node_idx.gather(1, src_idx)
     if keep_order:  # sequence order puts the protected rows (0 .. a_prefix - 1) first too
         unm_idx = unm_idx.sort(dim=1).values
     elif a_prefix:  # score order for the others, the protected rows moved to the front
         head = torch.arange(a_prefix, device=scores.device).expand(scores.shape[0], a_prefix)
-        unm_idx = torch.cat([head[..., None], unm_idx[:, :-a_prefix]], dim=1)
+        unm_idx = torch.cat([head, unm_idx[:, :-a_prefix]], dim=1)
     return unm_idx, src_idx, dst_idx
 
 
@@ -69,7 +69,8 @@ def match_sets(ctx: MatchContext, r: int, a_idx: Tensor, b_idx: Tensor) -> tuple
         a = ctx.metric.gather(1, a_idx[..., None].expand(-1, -1, c))
         b = ctx.metric.gather(1, b_idx[..., None].expand(-1, -1, c))
         edges = _best_edges(similarity(a, b, ctx.distance), r, keep_order=True)
-    return bipartite_merge_fns(*edges, num_prefix=ctx.num_prefix, a_idx=a_idx, b_idx=b_idx)
+    return bipartite_merge_fns(*edges, ctx.metric.shape[1], num_prefix=ctx.num_prefix,
+                               a_idx=a_idx, b_idx=b_idx)
 
 
 def _check_options(order: str = "published") -> None:
@@ -102,7 +103,7 @@ def bipartite(ctx: MatchContext, r: int, order: str = "published") -> tuple[Merg
         scores = similarity(metric[:, ::2], metric[:, 1::2], distance)  # (B, Na, Nb)
         keep_order = order == "sorted" or ctx.class_token
         edges = _best_edges(scores, r, keep_order, a_prefix, b_prefix)
-    return bipartite_merge_fns(*edges, num_prefix=p, b_prefix=b_prefix)
+    return bipartite_merge_fns(*edges, n, num_prefix=p, b_prefix=b_prefix)
 
 
 bipartite.check_options = _check_options  # apply_config calls it at patch time
