@@ -61,6 +61,8 @@ def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, ite
             compile_: bool, mode: str = "default", freezing: bool = False
             ) -> dict[str, list[float]]:
     """Seconds per call of each variant in every round, timed interleaved."""
+    if compile_:
+        torch._dynamo.reset()  # drop the previous batch size's graphs
     models = _variants(name, rs, compile_, mode, freezing)
     x = torch.randn(batch, 3, 224, 224)
     for m in models.values():  # warm-up (and compilation)

@@ -56,6 +56,29 @@ def test_inductor_compiled_deit_tiny_equals_eager():
     _compiled_equals_eager(m, torch.randn(2, 3, 96, 96), backend="inductor")
 
 
+def test_compile_model_compiles_every_model_of_a_process():
+    """Dynamo keeps 8 graphs per function by default, and every timm ViT shares one
+    ``forward``: without the raised limit the ninth distinct model here would raise under
+    ``fullgraph=True`` (and silently run eagerly without it), as in a bench over many
+    settings."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from tome_lab.runtime import compile_model
+
+    torch._dynamo.reset()
+    counters.clear()
+    base = tiny_vit()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for i in range(12):  # 12 distinct r lists, 12 distinct graphs
+            m = tome_lab.apply_tome(copy.deepcopy(base), r=[i % 4, i // 4, 0])
+            torch.testing.assert_close(compile_model(m, backend="eager", fullgraph=True)(x),
+                                       m(x))
+    assert counters["stats"]["unique_graphs"] == 12
+
+
 def test_compile_model_refuses_inductor_options_on_other_backends():
     from tome_lab.runtime import compile_model
 

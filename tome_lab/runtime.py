@@ -43,13 +43,22 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+# Compiled graphs dynamo may keep per code object while a module compiled here runs. Every
+# timm ViT shares one ``forward`` code object, so its default (8) would let the ninth distinct
+# model or input shape in a process (a bench over many settings, a batch-size table) fall
+# back to eager Python silently, or fail under ``fullgraph=True``.
+_RECOMPILE_LIMIT = 1024
+
+
 def compile_model(model: nn.Module, backend: str = "inductor", mode: str = "default",
                   freezing: bool = False, fullgraph: bool = False) -> nn.Module:
     """``torch.compile(model)`` with ``backend``; the compiled module shares the weights.
 
     ``dynamic=False``: a new input shape (a last, smaller batch; the timing batch) compiles a
     graph of its own. With dynamic shapes, tracing token merging's gathers symbolically can
-    take longer than the whole evaluation.
+    take longer than the whole evaluation. However many models and shapes a process compiles
+    this way, each gets its own graphs (dynamo's per-function limit is raised around the
+    calls of these modules only).
 
     Args:
         model: the module to compile.
@@ -69,26 +78,30 @@ def compile_model(model: nn.Module, backend: str = "inductor", mode: str = "defa
                          f"the backend is {backend!r}")
     compiled = torch.compile(model, backend=backend, dynamic=False, fullgraph=fullgraph,
                              mode=None if mode == "default" else mode)
-    return _Freezing(compiled) if freezing else compiled  # type: ignore[return-value]
+    return _CompiledCall(compiled, freezing)
 
 
-class _Freezing(nn.Module):
-    """Calls a compiled module with inductor's ``freezing`` switched on.
+class _CompiledCall(nn.Module):
+    """Calls a compiled module with the compiler settings it needs switched on.
 
-    Dynamo reads the switch from the global config while it traces (on the first call, and
-    on any recompilation), to treat the weights as constants; ``torch.compile(options=...)``
-    reaches inductor only, too late for that, so the switch is set around every call instead
-    of for the whole process.
+    Dynamo reads them from the global config while it traces (on the first call, and on any
+    recompilation): the recompilation limit, and inductor's ``freezing``, which makes it
+    treat the weights as constants (``torch.compile(options=...)`` reaches inductor only,
+    too late for that). They are set around every call instead of for the whole process.
     """
 
-    def __init__(self, compiled: nn.Module) -> None:
+    def __init__(self, compiled: nn.Module, freezing: bool = False) -> None:
         super().__init__()
         self.compiled = compiled
+        self.freezing = freezing
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        from torch._inductor import config
+        from torch._dynamo import config as dynamo_config
+        from torch._inductor import config as inductor_config
 
-        with config.patch(freezing=True):
+        with dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT,
+                                 accumulated_recompile_limit=_RECOMPILE_LIMIT), \
+                inductor_config.patch(freezing=self.freezing):
             return self.compiled(*args, **kwargs)
 
 
