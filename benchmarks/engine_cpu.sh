@@ -16,4 +16,6 @@ $P benchmarks/batch_sizes.py --batch-sizes 1 --r 0,16 --repeats 12 --iters 4 --t
 $P benchmarks/profile_split.py --batch 1 --r 16 --threads 2
 $P benchmarks/batch_sizes.py --batch-sizes 1,8,32,128 --r 0,8,16 --repeats 5 --threads 2 \
     --compile --json benchmarks/batch_sizes_deit_s_cpu.json
+$P benchmarks/batch_sizes.py --batch-sizes 128 --r 0,16 --repeats 4 --threads 2 \
+    --json benchmarks/batch_sizes_deit_s_cpu_b128.json
 $P benchmarks/linear_ceiling.py --batch 1 --r 16 --threads 2
