@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,8 @@ import timm
 import torch
 
 import tome_lab
+from tome_lab.config import COMPILE_MODES
+from tome_lab.results import environment, write_json_atomic
 from tome_lab.runtime import compile_model
 
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="calls per round (0: enough for about 64 images, at least 1)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     ap.add_argument("--compile-mode", default="default",
-                    choices=["default", "max-autotune", "max-autotune-no-cudagraphs"],
+                    choices=COMPILE_MODES,
                     help="inductor mode for every compiled variant")
     ap.add_argument("--freezing", action="store_true",
                     help="inductor freezing (weights as pre-packed constants) for every "
@@ -132,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                              rounds=len(times[k])))
             print(f"| {b} | {k} | {v:.1f} | {same:.2f}x | {med:.2f}x [{q1:.2f}, {q3:.2f}] "
                   f"| {eager:.2f}x |", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(argv=sys.argv, torch=torch.__version__, timm=timm.__version__,
-                           compile_mode=args.compile_mode, freezing=args.freezing,
-                           threads=torch.get_num_threads(), rows=rows), f, indent=1)
+    if args.json:  # with the revision, versions and date (tome_lab.results.environment)
+        write_json_atomic(args.json, dict(
+            argv=sys.argv, env=environment(), torch=torch.__version__, timm=timm.__version__,
+            compile_mode=args.compile_mode, freezing=args.freezing,
+            threads=torch.get_num_threads(), rows=rows))
     return 0
 
 

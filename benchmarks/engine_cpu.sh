@@ -5,7 +5,7 @@
 # batch-size table (compiled models at batch 128) and max-autotune's kernel timing.
 set -euo pipefail
 P=.venv/bin/python
-$P benchmarks/merge_kernels.py --threads 2
+$P benchmarks/merge_kernels.py --threads 2 --json benchmarks/merge_kernels_cpu.json
 $P benchmarks/batch_sizes.py --batch-sizes 1 --r 0,16 --repeats 15 --iters 4 --threads 2 \
     --compile --json benchmarks/batch_sizes_deit_s_cpu_b1.json
 $P benchmarks/batch_sizes.py --batch-sizes 32 --r 0,16 --repeats 9 --threads 2 \
@@ -16,6 +16,6 @@ $P benchmarks/batch_sizes.py --batch-sizes 1 --r 0,16 --repeats 12 --iters 4 --t
 $P benchmarks/profile_split.py --batch 1 --r 16 --threads 2
 $P benchmarks/batch_sizes.py --batch-sizes 1,8,32,128 --r 0,8,16 --repeats 5 --threads 2 \
     --compile --json benchmarks/batch_sizes_deit_s_cpu.json
+$P benchmarks/linear_ceiling.py --batch 1 --r 16 --threads 2
 $P benchmarks/batch_sizes.py --batch-sizes 128 --r 0,16 --repeats 4 --threads 2 \
     --json benchmarks/batch_sizes_deit_s_cpu_b128.json
-$P benchmarks/linear_ceiling.py --batch 1 --r 16 --threads 2

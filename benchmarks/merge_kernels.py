@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 
 from tome_lab.merge import bipartite_merge_fns
+from tome_lab.results import environment, write_json_atomic
 
 
 def _matching(batch: int, n: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,16 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--calls", type=int, default=50, help="merges per round")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print("| batch | index_select / index_add_ (us) | gather / scatter_reduce (us) | ratio |")
     print("|---|---|---|---|")
+    out = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         rows, gath = time_batch(batch, args.tokens, args.channels, args.r, args.rounds,
                                 args.calls)
+        out.append(dict(batch=batch, rows_us=rows, gather_us=gath, ratio=gath / rows))
         print(f"| {batch} | {rows:.0f} | {gath:.0f} | {gath / rows:.2f}x |", flush=True)
+    if args.json:
+        write_json_atomic(args.json, dict(argv=sys.argv, env=environment(), tokens=args.tokens,
+                                          channels=args.channels, r=args.r, rows=out))
     return 0
 
 

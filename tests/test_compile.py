@@ -59,8 +59,8 @@ def test_inductor_compiled_deit_tiny_equals_eager():
 def test_compile_model_compiles_every_model_of_a_process():
     """Dynamo keeps 8 graphs per function by default, and every timm ViT shares one
     ``forward``: without the raised limit the ninth distinct model here would raise under
-    ``fullgraph=True`` (and silently run eagerly without it), as in a bench over many
-    settings."""
+    ``fullgraph=True`` (and run eagerly with only a log warning without it), as in a bench
+    over many settings."""
     import copy
 
     from torch._dynamo.utils import counters
@@ -89,7 +89,8 @@ def test_compile_model_refuses_inductor_options_on_other_backends():
 @pytest.mark.slow
 def test_inductor_freezing_equals_eager_and_freezes_the_weights():
     """Freezing folds the weights in as constants: the compiled model computes what the eager
-    one does, and a weight changed afterwards is not seen (as ``compile_model`` warns)."""
+    one does, and a weight changed afterwards is not seen (as ``compile_model``'s docstring
+    says)."""
     from tome_lab.runtime import compile_model
 
     torch._dynamo.reset()

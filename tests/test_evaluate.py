@@ -19,7 +19,8 @@ from tome_lab.evaluate import evaluate, main
 from tome_lab.models import ZOO_CHECKPOINT
 
 KEYS = {"top1", "top5", "gflops", "gflops_base", "img_per_s", "img_per_s_base", "speedup",
-        "tokens", "n_images", "device", "dtype", "split", "compile"}
+        "tokens", "n_images", "device", "dtype", "split", "compile", "compile_mode",
+        "compile_freezing"}
 # Random weights on a few synthetic images: these tests are about the plumbing.
 TINY = ["--no-pretrained", "--data", "synthetic", "--limit", "8", "--batch-size", "8",
         "--eval.threads", "1"]

@@ -233,7 +233,9 @@ def measure(p: Prepared) -> list[dict[str, Any]]:
             else:
                 row["peak_mib"] = _peak_rss_mib(cfg, s)
         row.update({"batch_size": cfg.bench.batch_size, "device": ev.device, "dtype": ev.dtype,
-                    "compile": ev.compile, "channels_last": cfg.bench.channels_last,
+                    "compile": ev.compile, "compile_mode": ev.compile_mode,
+                    "compile_freezing": ev.compile_freezing,
+                    "channels_last": cfg.bench.channels_last,
                     "threads": torch.get_num_threads(), "repeats": ev.speed_batches,
                     "warmup": ev.speed_warmup})
         rows.append(row)

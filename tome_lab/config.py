@@ -154,7 +154,7 @@ class ToMeConfig:
 
 _DTYPES = ("fp32", "bf16", "fp16")
 _BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
-_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _check_device(device: Any) -> None:
@@ -170,6 +170,15 @@ def _check_device(device: Any) -> None:
 def _check_backend(backend: Any) -> None:
     if backend not in _BACKENDS:
         raise ValueError(f"unknown compile_backend {backend!r}; valid: {', '.join(_BACKENDS)}")
+
+
+def check_compile(backend: str, mode: str, freezing: bool) -> None:
+    """Refuses an unknown inductor mode, or a mode / freezing asked of another backend."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile_mode {mode!r}; valid: {', '.join(COMPILE_MODES)}")
+    if backend != "inductor" and (mode != "default" or freezing):
+        raise ValueError(f"compile_mode ({mode!r}) and compile_freezing ({freezing}) are "
+                         f"inductor options; compile_backend is {backend!r}")
 
 
 def _check_int(owner: str, name: str, value: Any, low: int, none_ok: bool = False) -> None:
@@ -289,13 +298,10 @@ class EvalConfig:
         for name in ("speed", "compile", "compile_freezing"):
             _check_bool("eval", name, getattr(self, name))
         _check_backend(self.compile_backend)
-        if self.compile_mode not in _COMPILE_MODES:
-            raise ValueError(f"unknown compile_mode {self.compile_mode!r}; valid: "
-                             f"{', '.join(_COMPILE_MODES)}")
-        if self.compile_backend != "inductor" and (self.compile_mode != "default"
-                                                   or self.compile_freezing):
-            raise ValueError(f"compile_mode and compile_freezing are inductor options; "
-                             f"compile_backend is {self.compile_backend!r}")
+        check_compile(self.compile_backend, self.compile_mode, self.compile_freezing)
+        if not self.compile and (self.compile_mode != "default" or self.compile_freezing):
+            raise ValueError("compile_mode and compile_freezing apply to compiled models: "
+                             "set eval.compile true")
 
 
 _TEACHERS = ("cnn", "none")

@@ -195,6 +195,7 @@ def measure(p: Prepared) -> dict[str, Any]:
         "r": list(tome.r) if isinstance(tome.r, tuple) else tome.r, "matching": tome.matching,
         "schedule": tome.schedule, "prop_attn": tome.prop_attn, "device": str(p.device),
         "dtype": cfg.eval.dtype, "compile": cfg.eval.compile,
+        "compile_mode": cfg.eval.compile_mode, "compile_freezing": cfg.eval.compile_freezing,
         "threads": torch.get_num_threads(), "seed": cfg.seed,
     }
 

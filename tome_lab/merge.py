@@ -142,8 +142,8 @@ def bipartite_merge_fns(
     keep_rows = _rows(keep_pos, num_tokens)
     src_rows = _rows(src_pos, num_tokens)
     # the output holds B's unprotected tokens after the unmerged A tokens (see _join), so B's
-    # token j (never a protected one) is output token head + n_unm + j
-    dst_rows = _rows(dst_idx + (head + n_unm), num_tokens - r)
+    # token j (never a protected one) is output token head + n_unm + j of keep_pos's tokens
+    dst_rows = _rows(dst_idx + (head + n_unm), keep_pos.shape[1])
 
     def merge(x: Tensor, mode: str = "mean") -> Tensor:
         n, _, c = x.shape

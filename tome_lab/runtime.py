@@ -46,7 +46,8 @@ def sync(device: torch.device | str) -> None:
 # Compiled graphs dynamo may keep per code object while a module compiled here runs. Every
 # timm ViT shares one ``forward`` code object, so its default (8) would let the ninth distinct
 # model or input shape in a process (a bench over many settings, a batch-size table) fall
-# back to eager Python silently, or fail under ``fullgraph=True``.
+# back to eager Python with only a log warning, or fail under ``fullgraph=True``. 1024: far
+# above any sweep run in one process (settings x batch shapes), while still a bound.
 _RECOMPILE_LIMIT = 1024
 
 
@@ -56,9 +57,13 @@ def compile_model(model: nn.Module, backend: str = "inductor", mode: str = "defa
 
     ``dynamic=False``: a new input shape (a last, smaller batch; the timing batch) compiles a
     graph of its own. With dynamic shapes, tracing token merging's gathers symbolically can
-    take longer than the whole evaluation. However many models and shapes a process compiles
-    this way, each gets its own graphs (dynamo's per-function limit is raised around the
-    calls of these modules only).
+    take longer than the whole evaluation. Up to 1024 models and shapes a process compiles
+    this way each get their own graphs (dynamo's per-function limit is raised to that around
+    the calls of these modules only). The returned module only calls the compiled one: reach
+    the model's attributes through the original module.
+
+    Raises:
+        ValueError: an unknown mode, or a mode / freezing asked of another backend.
 
     Args:
         model: the module to compile.
@@ -73,9 +78,9 @@ def compile_model(model: nn.Module, backend: str = "inductor", mode: str = "defa
             is not seen by the compiled module.
         fullgraph: fail on any graph break instead of falling back to Python.
     """
-    if backend != "inductor" and (mode != "default" or freezing):
-        raise ValueError(f"compile mode {mode!r} and freezing={freezing} are inductor options; "
-                         f"the backend is {backend!r}")
+    from tome_lab.config import check_compile
+
+    check_compile(backend, mode, freezing)
     compiled = torch.compile(model, backend=backend, dynamic=False, fullgraph=fullgraph,
                              mode=None if mode == "default" else mode)
     return _CompiledCall(compiled, freezing)
@@ -99,9 +104,10 @@ class _CompiledCall(nn.Module):
         from torch._dynamo import config as dynamo_config
         from torch._inductor import config as inductor_config
 
+        freezing = inductor_config.patch(freezing=True) if self.freezing \
+            else contextlib.nullcontext()  # a process-wide freezing setting stays as it is
         with dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT,
-                                 accumulated_recompile_limit=_RECOMPILE_LIMIT), \
-                inductor_config.patch(freezing=self.freezing):
+                                 accumulated_recompile_limit=_RECOMPILE_LIMIT), freezing:
             return self.compiled(*args, **kwargs)
 
 
