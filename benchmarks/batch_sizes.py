@@ -21,7 +21,7 @@ import argparse
 import copy
 import statistics
 import sys
-import time
+from collections.abc import Callable
 
 import timm
 import torch
@@ -29,7 +29,7 @@ import torch
 import tome_lab
 from tome_lab.config import COMPILE_MODES
 from tome_lab.results import environment, write_json_atomic
-from tome_lab.runtime import compile_model
+from tome_lab.runtime import compile_model, interleaved_times, ratio_quartiles
 
 
 def _ints(text: str) -> list[int]:
@@ -66,27 +66,16 @@ def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, ite
         torch._dynamo.reset()  # drop the previous batch size's graphs
     models = _variants(name, rs, compile_, mode, freezing)
     x = torch.randn(batch, 3, 224, 224)
-    for m in models.values():  # warm-up (and compilation)
-        for _ in range(warmup):
-            m(x)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            t0 = time.perf_counter()
+
+    def rounds(m: torch.nn.Module) -> Callable[[], None]:
+        def run() -> None:
             for _ in range(iters):
                 m(x)
-            times[k].append((time.perf_counter() - t0) / iters)
-    return times
+        return run
 
-
-def round_ratios(times: list[float], ref: list[float]) -> tuple[float, float, float]:
-    """Speed-up over ``ref`` in each round (adjacent in time, so a slow spell of the machine
-    slows both): (first quartile, median, third quartile)."""
-    ratios = [t_ref / t for t, t_ref in zip(times, ref, strict=True)]
-    if len(ratios) < 2:
-        return ratios[0], ratios[0], ratios[0]
-    q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-    return q1, med, q3
+    # warm-up rounds first (and compilation)
+    times = interleaved_times({k: rounds(m) for k, m in models.items()}, repeats, warmup)
+    return {k: [t / iters for t in v] for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", type=_ints, default=[1, 8, 32, 128])
     ap.add_argument("--r", type=_ints, default=[0, 8, 16])
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per variant")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds per variant")
     ap.add_argument("--iters", type=int, default=0,
                     help="calls per round (0: enough for about 64 images, at least 1)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile variants")
@@ -127,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             mode = "compiled" if k.endswith("compiled") else "eager"
             same = v / ips[f"timm {mode}"]
             eager = v / ips["timm eager"]
-            q1, med, q3 = round_ratios(times[k], times[f"timm {mode}"])
+            q1, med, q3 = ratio_quartiles(times[k], times[f"timm {mode}"])
             rows.append(dict(batch=b, variant=k, img_s=v, vs_same=same, vs_eager=eager,
                              round_ratio=med, round_ratio_q1=q1, round_ratio_q3=q3,
                              rounds=len(times[k])))

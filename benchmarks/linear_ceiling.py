@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+from collections.abc import Callable
 
 import timm
 import torch
 
 import tome_lab
 from tome_lab.flops import tokens_per_layer
+from tome_lab.runtime import interleaved_times, ratio_quartiles
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,29 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     d = spec.embed_dim
     inputs = {n: torch.randn(args.batch, n, d) for p in plans.values() for pair in p for n in pair}
 
-    def run(plan: list[tuple[int, int]]) -> None:
-        for n_in, n_out in plan:
-            qkv(inputs[n_in])
-            proj(inputs[n_in])
-            fc2(fc1(inputs[n_out]))
+    def runner(plan: list[tuple[int, int]]) -> Callable[[], None]:
+        def run() -> None:
+            for n_in, n_out in plan:
+                qkv(inputs[n_in])
+                proj(inputs[n_in])
+                fc2(fc1(inputs[n_out]))
+        return run
 
     def macs(plan: list[tuple[int, int]]) -> int:
         per_in = qkv.weight.numel() + proj.weight.numel()
         per_out = fc1.weight.numel() + fc2.weight.numel()
         return sum(n_in * per_in + n_out * per_out for n_in, n_out in plan)
 
-    times: dict[str, list[float]] = {k: [] for k in plans}
     with torch.inference_mode():
-        for plan in plans.values():
-            run(plan)
-        for _ in range(args.rounds):
-            for k, plan in plans.items():
-                t0 = time.perf_counter()
-                run(plan)
-                times[k].append(time.perf_counter() - t0)
+        times = interleaved_times({k: runner(p) for k, p in plans.items()}, args.rounds)
     base, merged = (statistics.median(v) for v in times.values())
-    ratios = sorted(a / b for a, b in zip(*times.values(), strict=True))
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    q1, _, q3 = ratio_quartiles(times[f"r={args.r}"], times["unmerged"])
     mac_ratio = macs(plans["unmerged"]) / macs(plans[f"r={args.r}"])
     print(f"batch {args.batch}, linear layers only: unmerged {base * 1e3:.1f} ms, "
           f"r={args.r} {merged * 1e3:.1f} ms; speed-up {base / merged:.2f}x "

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 
 from tome_lab.merge import bipartite_merge_fns
 from tome_lab.results import environment, write_json_atomic
+from tome_lab.runtime import interleaved_times
 
 
 def _matching(batch: int, n: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,17 +52,20 @@ def time_batch(batch: int, tokens: int, channels: int, r: int, rounds: int, call
     x = torch.randn(batch, tokens, channels)  # (B, N, C), e.g. x * size
     unm, src, dst = _matching(batch, tokens, r)
     merge, _ = bipartite_merge_fns(unm, src, dst, tokens, num_prefix=1)
-    ways = {"rows": lambda: merge(x, "sum"), "gather": lambda: gather_merge(x, unm, src, dst)}
-    torch.testing.assert_close(ways["rows"](), ways["gather"]())
-    times: dict[str, list[float]] = {k: [] for k in ways}
+    torch.testing.assert_close(merge(x, "sum"), gather_merge(x, unm, src, dst))
+
+    def rows() -> None:
+        for _ in range(calls):
+            merge(x, "sum")
+
+    def gather() -> None:
+        for _ in range(calls):
+            gather_merge(x, unm, src, dst)
+
     with torch.inference_mode():
-        for _ in range(rounds):
-            for k, f in ways.items():
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    f()
-                times[k].append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(times["rows"]), statistics.median(times["gather"])
+        times = interleaved_times({"rows": rows, "gather": gather}, rounds, warmup=0)
+    us = {k: statistics.median(v) / calls * 1e6 for k, v in times.items()}
+    return us["rows"], us["gather"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -239,12 +239,12 @@ def group_merge_fns(assign: Tensor, n_out: int, rep_idx: Tensor | None = None
             if rep_rows is None:
                 raise ValueError("this matching has no destination token to keep")
             return _take(x, rep_rows)
-        out = x.new_zeros(n * n_out, c)
+        out, flat = x.new_zeros(n * n_out, c), x.reshape(-1, c)
         if mode == "sum":
-            out.index_add_(0, group_rows, x.reshape(-1, c))
+            out.index_add_(0, group_rows, flat)
         else:
-            out.scatter_reduce_(0, group_rows.unsqueeze(1).expand(-1, c), x.reshape(-1, c),
-                                reduce=mode, include_self=False)
+            out.scatter_reduce_(0, group_rows.unsqueeze(1).expand(-1, c), flat, reduce=mode,
+                                include_self=False)
         return out.view(n, n_out, c)
 
     def unmerge(x: Tensor) -> Tensor:

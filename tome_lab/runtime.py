@@ -62,9 +62,6 @@ def compile_model(model: nn.Module, backend: str = "inductor", mode: str = "defa
     the calls of these modules only). The returned module only calls the compiled one: reach
     the model's attributes through the original module.
 
-    Raises:
-        ValueError: an unknown mode, or a mode / freezing asked of another backend.
-
     Args:
         model: the module to compile.
         backend: a ``torch.compile`` backend.
@@ -77,6 +74,9 @@ def compile_model(model: nn.Module, backend: str = "inductor", mode: str = "defa
             pre-pack them for the matrix-product kernels. Changing the weights afterwards
             is not seen by the compiled module.
         fullgraph: fail on any graph break instead of falling back to Python.
+
+    Raises:
+        ValueError: an unknown mode, or a mode / freezing asked of another backend.
     """
     from tome_lab.config import check_compile
 
@@ -155,3 +155,20 @@ def throughput(times: Mapping[K, list[float]], batch: int, base: K) -> dict[K, d
     """
     med = {k: statistics.median(v) for k, v in times.items()}
     return {k: {"img_per_s": batch / t, "speedup": med[base] / t} for k, t in med.items()}
+
+
+def ratio_quartiles(times: list[float], ref: list[float]) -> tuple[float, float, float]:
+    """Speed-up over ``ref`` call by call, as (first quartile, median, third quartile).
+
+    Calls adjacent in :func:`interleaved_times` share the machine's state, so a slow spell
+    slows both; the spread of these ratios shows how far one reading can be trusted.
+
+    Args:
+        times: one function's durations from :func:`interleaved_times`.
+        ref: the reference function's durations from the same call.
+    """
+    ratios = [t_ref / t for t, t_ref in zip(times, ref, strict=True)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q1, med, q3
