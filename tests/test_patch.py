@@ -255,3 +255,29 @@ def test_operator_budget_of_a_merging_block(name, budget):
     # ... and few of them: one normalisation, one score matrix, protected tokens masked
     # with -inf rather than cut out and indexed around, no eval-mode dropout
     assert sum(steady.values()) <= budget, dict(steady)
+
+
+@pytest.mark.parametrize("r", [0, 2])
+def test_attention_tensors_are_released_before_the_mlp(r, monkeypatch):
+    """As in timm's block, q, k and v (views of the qkv projection's output) are gone when the
+    MLP allocates its hidden layer, the block's largest, with or without a merge."""
+    import weakref
+
+    from tome_lab import patch
+
+    held, alive = [], []
+    attention = patch._attention
+
+    def watched(*args, **kwargs):
+        y, qkv = attention(*args, **kwargs)
+        held[:] = [weakref.ref(t) for t in qkv]
+        return y, qkv
+
+    monkeypatch.setattr(patch, "_attention", watched)
+    m = tome_lab.apply_tome(tiny_vit(), r=r)
+    for blk in m.blocks:
+        blk.mlp.register_forward_pre_hook(
+            lambda mod, i: alive.append([ref() is not None for ref in held]))
+    with torch.inference_mode():
+        m(torch.randn(2, 3, 64, 64))
+    assert alive == [[False] * 3] * len(m.blocks)

@@ -211,6 +211,12 @@ def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None
     return x, (q, k, v)
 
 
+def _metric(plan: _BlockPlan, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """The matcher's similarity feature: (B, N, d) averaged or (B, N, H*d) concatenated."""
+    feat = plan.feature(x, q, k, v)  # (B, H, N, d)
+    return feat.mean(1) if plan.head_mean else feat.transpose(1, 2).flatten(2)
+
+
 def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
                    is_causal: bool = False) -> Tensor:
     """timm's pre-norm block with a merge between the attention residual and the MLP."""
@@ -222,14 +228,13 @@ def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
     size, mask = st.sizes[i], st.masks[i]
     y, (q, k, v) = _attention(self.attn, self.norm1(x), mask)
     x_in, x = x, x + self.drop_path1(self.ls1(y))
+    del y
     r = clamp_r(plan.r, x.shape[1], st.spec.num_prefix)
     source = st.sources[i]
     if r > 0:  # a block that merges nothing computes no feature, similarity, mask or gather
         metric = None
         if plan.feature is not None:
-            feat = plan.feature(x_in, q, k, v)  # (B, H, N, d)
-            metric = (feat.mean(1) if plan.head_mean
-                      else feat.transpose(1, 2).flatten(2))  # (B, N, d) or (B, N, H*d)
+            metric = _metric(plan, x_in, q, k, v)
         ctx = MatchContext(metric=metric, num_prefix=st.spec.num_prefix,
                            distance=st.config.distance, size=size, x=x, q=q, k=k,
                            class_token=st.spec.class_token, partition=st.config.partition)
@@ -238,6 +243,9 @@ def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
             source = merge_source(merge, x, source)
         x, size = plan.combine(merge, x, size)
         mask = plan.mask(size)
+        del ctx, metric, merge
+    # the qkv buffer goes before the MLP allocates its hidden layer (as in timm's block)
+    del q, k, v, x_in
     st.sizes[i + 1], st.masks[i + 1], st.sources[i + 1] = size, mask, source
     st.tokens[i] = int(x.shape[1])
     return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
