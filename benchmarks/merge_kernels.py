@@ -1,15 +1,18 @@
 """One merge, two ways: the engine's row ``index_select`` / ``index_add_`` against ``gather`` /
 ``scatter_reduce`` from the strided A / B views (how the paper's code and this engine before
-it moved tokens), timed interleaved on the same matching.
+it moved tokens), timed interleaved on the same matching; and one size-weighted average, two
+ways: the engine's, which copies the kept rows once and then touches only the merged ones,
+against three passes over the tokens (``x * size``, the summing merge, the division; how the
+paper's code and this engine before it averaged).
 
 Run from the repository root (the command recorded in benchmarks/README.md):
 
     .venv/bin/python benchmarks/merge_kernels.py --threads 2
 
 DeiT-S sizes: 197 tokens (class token first) of 384 channels, r = 16, a matching drawn at
-random; both ways must give the same tokens (checked before timing). Prints the median
-microseconds of one summing merge (``merge(x, "sum")``, what the size-weighted average does to
-``x * size``) for each batch size, and their ratio.
+random, token sizes drawn from 1-4; both ways must give the same tokens (checked before
+timing). Prints, for each batch size, the median microseconds of one summing merge
+(``merge(x, "sum")``) each way and of one size-weighted average each way, and the ratios.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 
 import torch
 
-from tome_lab.merge import bipartite_merge_fns
+from tome_lab.merge import bipartite_merge_fns, merge_wavg
 from tome_lab.results import environment, write_json_atomic
 from tome_lab.runtime import interleaved_times
 
@@ -47,25 +50,32 @@ def gather_merge(x: torch.Tensor, unm: torch.Tensor, src: torch.Tensor, dst: tor
 
 
 def time_batch(batch: int, tokens: int, channels: int, r: int, rounds: int, calls: int
-               ) -> tuple[float, float]:
-    """Median microseconds of one merge: (index_select / index_add_, gather / scatter_reduce)."""
+               ) -> dict[str, float]:
+    """Median microseconds of one call: ``rows`` / ``gather`` (summing merge) and
+    ``wavg_rows`` / ``wavg_passes`` (size-weighted average)."""
     x = torch.randn(batch, tokens, channels)  # (B, N, C), e.g. x * size
+    size = torch.randint(1, 5, (batch, tokens, 1)).float()
     unm, src, dst = _matching(batch, tokens, r)
     merge, _ = bipartite_merge_fns(unm, src, dst, tokens, num_prefix=1)
+
+    def plain(t: torch.Tensor, mode: str = "mean") -> torch.Tensor:  # no merged-rows path
+        return merge(t, mode)
+
     torch.testing.assert_close(merge(x, "sum"), gather_merge(x, unm, src, dst))
+    torch.testing.assert_close(merge_wavg(merge, x, size), merge_wavg(plain, x, size))
+    fns = {"rows": lambda: merge(x, "sum"), "gather": lambda: gather_merge(x, unm, src, dst),
+           "wavg_rows": lambda: merge_wavg(merge, x, size),
+           "wavg_passes": lambda: merge_wavg(plain, x, size)}
 
-    def rows() -> None:
-        for _ in range(calls):
-            merge(x, "sum")
-
-    def gather() -> None:
-        for _ in range(calls):
-            gather_merge(x, unm, src, dst)
+    def repeated(fn):
+        def run() -> None:
+            for _ in range(calls):
+                fn()
+        return run
 
     with torch.inference_mode():
-        times = interleaved_times({"rows": rows, "gather": gather}, rounds, warmup=0)
-    us = {k: statistics.median(v) / calls * 1e6 for k, v in times.items()}
-    return us["rows"], us["gather"]
+        times = interleaved_times({k: repeated(f) for k, f in fns.items()}, rounds, warmup=1)
+    return {k: statistics.median(v) / calls * 1e6 for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,21 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=384)
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--calls", type=int, default=50, help="merges per round")
+    ap.add_argument("--calls", type=int, default=50, help="calls of each per round")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print("| batch | index_select / index_add_ (us) | gather / scatter_reduce (us) | ratio |")
-    print("|---|---|---|---|")
+    print("| batch | summing merge: rows / gather (us) | ratio "
+          "| size-weighted average: merged rows / three passes (us) | ratio |")
+    print("|---|---|---|---|---|")
     out = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        rows, gath = time_batch(batch, args.tokens, args.channels, args.r, args.rounds,
-                                args.calls)
-        out.append(dict(batch=batch, rows_us=rows, gather_us=gath, ratio=gath / rows))
-        print(f"| {batch} | {rows:.0f} | {gath:.0f} | {gath / rows:.2f}x |", flush=True)
+        us = time_batch(batch, args.tokens, args.channels, args.r, args.rounds, args.calls)
+        out.append(dict(batch=batch, rows_us=us["rows"], gather_us=us["gather"],
+                        ratio=us["gather"] / us["rows"], wavg_rows_us=us["wavg_rows"],
+                        wavg_passes_us=us["wavg_passes"],
+                        wavg_ratio=us["wavg_passes"] / us["wavg_rows"]))
+        print(f"| {batch} | {us['rows']:.0f} / {us['gather']:.0f} | "
+              f"{us['gather'] / us['rows']:.2f}x | {us['wavg_rows']:.0f} / "
+              f"{us['wavg_passes']:.0f} | {us['wavg_passes'] / us['wavg_rows']:.2f}x |",
+              flush=True)
     if args.json:
         write_json_atomic(args.json, dict(argv=sys.argv, env=environment(), tokens=args.tokens,
                                           channels=args.channels, r=args.r, rows=out))

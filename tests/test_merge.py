@@ -163,3 +163,30 @@ def test_explicit_partitions_and_reductions_match_reference(partition, mode):
     merge, _ = bipartite(ctx, r)
     torch.testing.assert_close(merge(x, mode=mode),
                                reference_sets(metric, x, r, p, a_pos, b_pos, mode))
+
+
+@pytest.mark.parametrize("partition", ["alternate", "halves", "random"])
+@pytest.mark.parametrize("sized", [False, True])
+def test_merged_rows_average_equals_the_three_pass_average(partition, sized):
+    """merge_wavg's bipartite path (kept rows copied once, then only merged rows touched)
+    against the generic x * size / sum / divide path, with several sources per destination,
+    with and without sizes, for every partition (prefix tokens protected)."""
+    torch.manual_seed(3)
+    n, p, r = 23, 2, 9
+    metric = torch.randn(2, n, 4, dtype=torch.float64)
+    metric[:, p:, 0] += 4.0  # few distinct directions: destinations draw several sources
+    x = torch.randn(2, n, 6, dtype=torch.float64)
+    size = torch.randint(1, 5, (2, n, 1)).double() if sized else None
+    ctx = MatchContext(metric=metric, num_prefix=p, class_token=True, partition=partition)
+    merge, _ = bipartite(ctx, r)
+    assert hasattr(merge, "wavg")
+
+    def three_pass(t, mode="mean"):  # the same merge without its merged-rows path
+        return merge(t, mode)
+
+    got_x, got_s = merge_wavg(merge, x, size)
+    want_x, want_s = merge_wavg(three_pass, x, size)
+    torch.testing.assert_close(got_x, want_x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_s, want_s, rtol=0, atol=0)
+    members = merge(torch.ones(2, n, 1, dtype=torch.float64), "sum")
+    assert (members >= 3).any()  # some destination took two sources or more

@@ -230,9 +230,11 @@ def _ops(model, x):
 
 # operators a merging block adds (bipartite, cosine, size-weighted average, proportional
 # attention); before the engine's second pass they were 49 and 58, then 40 and 50 before
-# the merge moved to whole-row index_select / index_add_
-@pytest.mark.parametrize("name,budget", [("deit_tiny_patch16_224", 39),
-                                         ("deit_tiny_distilled_patch16_224", 45)])
+# the merge moved to whole-row index_select / index_add_, then 39 and 45 before the
+# size-weighted average touched only the merged rows (3 more, smaller, operators that time
+# faster at every batch size: benchmarks/merge_kernels.py)
+@pytest.mark.parametrize("name,budget", [("deit_tiny_patch16_224", 42),
+                                         ("deit_tiny_distilled_patch16_224", 48)])
 def test_operator_budget_of_a_merging_block(name, budget):
     m = tiny_vit(name, img_size=64, depth=4, embed_dim=64, num_heads=4)
     x = torch.randn(1, 3, 64, 64)

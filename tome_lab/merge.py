@@ -156,6 +156,24 @@ def bipartite_merge_fns(
                                 flat.index_select(0, src_rows), reduce=mode)
         return out.view(n, -1, c)
 
+    def wavg(x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        # merge_wavg touching only the merged rows beyond the one copy of the kept rows: an
+        # unmerged token's weighted average is itself, and a destination d with sources e
+        # becomes x_d + sum_e s_e (x_e - x_d) / S_d, S_d its size after the merge
+        n, _, c = x.shape
+        flat = x.reshape(-1, c)
+        out = flat.index_select(0, keep_rows)  # (B * (N - r), C)
+        if size is None:
+            s_out, s_src = x.new_ones(out.shape[0], 1), x.new_ones(src_rows.shape[0], 1)
+        else:
+            s_flat = size.reshape(-1, 1)
+            s_out, s_src = s_flat.index_select(0, keep_rows), s_flat.index_select(0, src_rows)
+        s_out.index_add_(0, dst_rows, s_src)
+        w = s_src / s_out.index_select(0, dst_rows)  # (B * r, 1): s_e / S_d
+        step = (flat.index_select(0, src_rows) - out.index_select(0, dst_rows)) * w
+        out.index_add_(0, dst_rows, step)
+        return out.view(n, -1, c), s_out.view(n, -1, 1)
+
     def unmerge(x: Tensor) -> Tensor:
         n, _, c = x.shape
         unm, b = _unjoin(x[:, head:], n_unm, num_prefix if not head else 0, b_prefix)
@@ -175,6 +193,7 @@ def bipartite_merge_fns(
             out = out.scatter(1, b_idx[..., None].expand(-1, -1, c), b)
         return out
 
+    merge.wavg = wavg  # merge_wavg's fast path
     return merge, unmerge
 
 
@@ -189,6 +208,9 @@ def merge_wavg(merge: MergeFn, x: Tensor, size: Tensor | None = None) -> tuple[T
     Returns:
         ([B, N - r, C] merged tokens, [B, N - r, 1] their sizes).
     """
+    fast = getattr(merge, "wavg", None)  # a bipartite merge's own, touching merged rows only
+    if fast is not None:
+        return fast(x, size)
     if size is None:
         size = x.new_ones(x.shape[0], x.shape[1], 1)
         x = merge(x, mode="sum")
