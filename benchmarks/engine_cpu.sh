@@ -19,3 +19,8 @@ $P benchmarks/batch_sizes.py --batch-sizes 1,8,32,128 --r 0,8,16 --repeats 5 --t
 $P benchmarks/linear_ceiling.py --batch 1 --r 16 --threads 2
 $P benchmarks/batch_sizes.py --batch-sizes 128 --r 0,16 --repeats 4 --threads 2 \
     --json benchmarks/batch_sizes_deit_s_cpu_b128.json
+# added with the merged-rows size-weighted average (the next session): larger merges
+$P benchmarks/merge_kernels.py --threads 2 --batch-sizes 128 --calls 5 --rounds 10 \
+    --json benchmarks/merge_kernels_cpu_b128.json
+$P benchmarks/merge_kernels.py --threads 2 --batch-sizes 256 --channels 768 --calls 2 --rounds 8 \
+    --json benchmarks/merge_kernels_cpu_deit_b_b256.json
