@@ -22,3 +22,7 @@ bench deit_base_patch16_224 0,8,16 deit_b 280
 bench vit_large_patch16_224 0,8 vit_l 220
 timeout 80 $P benchmarks/gpu_values.py --model deit_small_patch16_224 --r 16 \
     | tee "$OUT/gpu_values.txt" || echo "value check failed or timed out"
+# added after the recorded runs, not yet run on a GPU: where the patched block's time goes
+timeout 90 $P benchmarks/profile_split.py --model deit_base_patch16_224 --batch 256 --r 16 \
+    --device cuda --dtype bf16 --rounds 3 --calls 3 2>/dev/null \
+    | tee "$OUT/profile_deit_b_gpu.txt" || echo "profile failed or timed out"

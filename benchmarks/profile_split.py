@@ -3,12 +3,16 @@
 Run from the repository root (the command recorded in benchmarks/README.md):
 
     .venv/bin/python benchmarks/profile_split.py --batch 1 --r 16 --threads 2
+    python benchmarks/profile_split.py --model deit_base_patch16_224 --batch 256 --r 16 \
+        --device cuda --dtype bf16    # also the GPU's own time per group
 
 Profiles both models in one process, alternating (``--rounds`` times, ``--calls`` forwards
 each), and sums torch.profiler's self CPU time per operator into groups: the linear layers
-(``addmm``), attention (the fused kernel), the rest of the model's own operators, and the
-operators only the merging adds (those timm's forward never calls). "Outside operators" is
-wall time minus all operator time: Python, module calls, and the profiler's own cost.
+(``addmm``, ``mm``), attention (the fused kernel), the rest of the model's own operators, and
+the operators only the merging adds (those timm's forward never calls). "Outside operators" is
+wall time minus all operator time: Python, module calls, and the profiler's own cost. On CUDA
+a second table sums the device's self time per group the same way; wall time minus the
+device's total is time the GPU waited for the host.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import tome_lab
+from tome_lab.runtime import autocast, sync
 
-GROUPS = {"linear layers": ("aten::addmm",), "attention": ("aten::_scaled_dot_product",)}
+GROUPS = {"linear layers": ("aten::addmm", "aten::mm"),
+          "attention": ("aten::_scaled_dot_product",)}
 
 
 def _group(op: str, timm_ops: set[str]) -> str:
@@ -32,6 +38,25 @@ def _group(op: str, timm_ops: set[str]) -> str:
         if op.startswith(prefixes):
             return name
     return "other model operators" if op in timm_ops else "merging-only operators"
+
+
+def _device_us(ev: object) -> float:
+    """An event's self time on the accelerator (the attribute's name varies across torch)."""
+    for name in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(ev, name):
+            return float(getattr(ev, name))
+    return 0.0
+
+
+def _table(title: str, models: list[str], rows: dict[str, dict[str, float]],
+           names: list[str]) -> None:
+    a, b = models
+    print(f"| {title} | {a} | {b} | ratio |")
+    print("|---|---|---|---|")
+    for g in names:
+        ta, tb = rows[a][g], rows[b][g]
+        ratio = f"{ta / tb:.2f}x" if tb > 0 and ta > 0 else "-"
+        print(f"| {g} | {ta:.1f} | {tb:.1f} | {ratio} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,48 +67,65 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--calls", type=int, default=4, help="forwards per profiled round")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="fp32, or bf16 / fp16 autocast")
     args = ap.parse_args(argv)
     if min(args.batch, args.rounds, args.calls) < 1 or args.r < 0:
         ap.error("--batch, --rounds and --calls must be >= 1, --r >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
     torch.manual_seed(0)
     base = timm.create_model(args.model, pretrained=False).eval()
     models = {"timm": base, f"r={args.r}": tome_lab.apply_tome(copy.deepcopy(base), r=args.r)}
-    x = torch.randn(args.batch, *base.pretrained_cfg["input_size"])
+    models = {k: m.to(device) for k, m in models.items()}
+    x = torch.randn(args.batch, *base.pretrained_cfg["input_size"], device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     self_us = {k: collections.Counter() for k in models}
+    dev_us = {k: collections.Counter() for k in models}
     wall = collections.Counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, args.dtype):
         for m in models.values():
             m(x)
         for _ in range(args.rounds):
             for k, m in models.items():
-                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                sync(device)
+                with profile(activities=activities) as prof:
                     t0 = time.perf_counter()
                     for _ in range(args.calls):
                         m(x)
+                    sync(device)
                     wall[k] += time.perf_counter() - t0
                 for ev in prof.key_averages():
                     self_us[k][ev.key] += ev.self_cpu_time_total
+                    dev_us[k][ev.key] += _device_us(ev)
     n = args.rounds * args.calls
     timm_ops = {op for op, us in self_us["timm"].items() if us > 0}
-    rows: dict[str, dict[str, float]] = {}
+    names = [*GROUPS, "other model operators", "merging-only operators"]
+    host: dict[str, dict[str, float]] = {}
+    gpu: dict[str, dict[str, float]] = {}
     for k in models:
-        groups = collections.Counter()
-        for op, us in self_us[k].items():
-            groups[_group(op, timm_ops)] += us / n / 1e3
-        groups["outside operators"] = wall[k] / n * 1e3 - sum(groups.values())
-        groups["wall"] = wall[k] / n * 1e3
-        rows[k] = groups
-    names = [*GROUPS, "other model operators", "merging-only operators", "outside operators",
-             "wall"]
-    a, b = models
-    print(f"| ms per forward (batch {args.batch}) | {a} | {b} | ratio |")
-    print("|---|---|---|---|")
-    for g in names:
-        ta, tb = rows[a][g], rows[b][g]
-        ratio = f"{ta / tb:.2f}x" if tb > 0 and ta > 0 else "-"
-        print(f"| {g} | {ta:.1f} | {tb:.1f} | {ratio} |")
+        for out, per_op in ((host, self_us[k]), (gpu, dev_us[k])):
+            groups = collections.Counter({g: 0.0 for g in names})
+            for op, us in per_op.items():
+                groups[_group(op, timm_ops)] += us / n / 1e3
+            out[k] = groups
+        ms = wall[k] / n * 1e3
+        host[k]["outside operators"] = ms - sum(host[k].values())
+        host[k]["wall"] = gpu[k]["wall"] = ms
+        gpu[k]["device total"] = sum(gpu[k][g] for g in names)
+        gpu[k]["wall minus device"] = ms - gpu[k]["device total"]
+    what = f"batch {args.batch}, {args.dtype}, {device.type}"
+    _table(f"ms per forward, host ({what})", list(models), host,
+           [*names, "outside operators", "wall"])
+    if cuda:
+        print()
+        _table(f"ms per forward, device ({what})", list(models), gpu,
+               [*names, "device total", "wall minus device", "wall"])
     return 0
 
 
