@@ -24,5 +24,5 @@ timeout 80 $P benchmarks/gpu_values.py --model deit_small_patch16_224 --r 16 \
     | tee "$OUT/gpu_values.txt" || echo "value check failed or timed out"
 # added after the recorded runs, not yet run on a GPU: where the patched block's time goes
 timeout 90 $P benchmarks/profile_split.py --model deit_base_patch16_224 --batch 256 --r 16 \
-    --device cuda --dtype bf16 --rounds 3 --calls 3 2>/dev/null \
+    --device cuda --dtype bf16 --rounds 3 --calls 3 2>"$OUT/profile_deit_b_gpu.err" \
     | tee "$OUT/profile_deit_b_gpu.txt" || echo "profile failed or timed out"
