@@ -12,7 +12,8 @@ each), and sums torch.profiler's self CPU time per operator into groups: the lin
 the operators only the merging adds (those timm's forward never calls). "Outside operators" is
 wall time minus all operator time: Python, module calls, and the profiler's own cost. On CUDA
 a second table sums the device's self time per group the same way; wall time minus the
-device's total is time the GPU waited for the host.
+device's total is time the GPU waited for the host. On CUDA the host table also has the CUDA
+runtime's calls (kernel launches, and the synchronisation that waits for the GPU) as a group.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 
 import timm
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import tome_lab
@@ -31,12 +33,15 @@ from tome_lab.runtime import autocast, sync
 
 GROUPS = {"linear layers": ("aten::addmm", "aten::mm"),
           "attention": ("aten::_scaled_dot_product",)}
+CUDA_RUNTIME = "CUDA runtime calls"
 
 
 def _group(op: str, timm_ops: set[str]) -> str:
     for name, prefixes in GROUPS.items():
         if op.startswith(prefixes):
             return name
+    if op.startswith("cuda"):  # cudaLaunchKernel, cudaDeviceSynchronize (waiting), ...
+        return CUDA_RUNTIME
     return "other model operators" if op in timm_ops else "merging-only operators"
 
 
@@ -101,27 +106,31 @@ def main(argv: list[str] | None = None) -> int:
                     sync(device)
                     wall[k] += time.perf_counter() - t0
                 for ev in prof.key_averages():
-                    self_us[k][ev.key] += ev.self_cpu_time_total
-                    dev_us[k][ev.key] += _device_us(ev)
+                    # host-side events only: each operator carries its kernels' self device
+                    # time, and the kernels also appear as device-side events of their own
+                    if ev.device_type == DeviceType.CPU:
+                        self_us[k][ev.key] += ev.self_cpu_time_total
+                        dev_us[k][ev.key] += _device_us(ev)
     n = args.rounds * args.calls
     timm_ops = {op for op, us in self_us["timm"].items() if us > 0}
     names = [*GROUPS, "other model operators", "merging-only operators"]
+    host_names = names + ([CUDA_RUNTIME] if cuda else [])
     host: dict[str, dict[str, float]] = {}
     gpu: dict[str, dict[str, float]] = {}
     for k in models:
         for out, per_op in ((host, self_us[k]), (gpu, dev_us[k])):
-            groups = collections.Counter({g: 0.0 for g in names})
+            groups = collections.Counter({g: 0.0 for g in host_names})
             for op, us in per_op.items():
                 groups[_group(op, timm_ops)] += us / n / 1e3
             out[k] = groups
         ms = wall[k] / n * 1e3
         host[k]["outside operators"] = ms - sum(host[k].values())
         host[k]["wall"] = gpu[k]["wall"] = ms
-        gpu[k]["device total"] = sum(gpu[k][g] for g in names)
+        gpu[k]["device total"] = sum(gpu[k][g] for g in host_names)
         gpu[k]["wall minus device"] = ms - gpu[k]["device total"]
     what = f"batch {args.batch}, {args.dtype}, {device.type}"
     _table(f"ms per forward, host ({what})", list(models), host,
-           [*names, "outside operators", "wall"])
+           [*host_names, "outside operators", "wall"])
     if cuda:
         print()
         _table(f"ms per forward, device ({what})", list(models), gpu,

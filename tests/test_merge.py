@@ -190,3 +190,25 @@ def test_merged_rows_average_equals_the_three_pass_average(partition, sized):
     torch.testing.assert_close(got_s, want_s, rtol=0, atol=0)
     members = merge(torch.ones(2, n, 1, dtype=torch.float64), "sum")
     assert (members >= 3).any()  # some destination took two sources or more
+
+
+@pytest.mark.parametrize("x_dtype,size_dtype", [
+    (torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+    (torch.float32, torch.float64), (torch.float16, torch.int64), (torch.bfloat16, None)])
+def test_merged_rows_average_promotes_like_the_three_pass_average(x_dtype, size_dtype):
+    """Tokens and sizes of different dtypes come out in the dtype x * size promotes to."""
+    torch.manual_seed(4)
+    n, p, r = 15, 1, 5
+    metric = torch.randn(2, n, 4)
+    x = torch.randn(2, n, 6).to(x_dtype)
+    size = None if size_dtype is None else torch.randint(1, 5, (2, n, 1)).to(size_dtype)
+    merge, _ = bipartite(MatchContext(metric=metric, num_prefix=p, class_token=True), r)
+
+    def three_pass(t, mode="mean"):
+        return merge(t, mode)
+
+    got_x, got_s = merge_wavg(merge, x, size)
+    want_x, want_s = merge_wavg(three_pass, x, size)
+    assert (got_x.dtype, got_s.dtype) == (want_x.dtype, want_s.dtype)
+    torch.testing.assert_close(got_x, want_x, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got_s, want_s, rtol=0, atol=0)

@@ -162,6 +162,10 @@ def bipartite_merge_fns(
         # becomes x_d + sum_e s_e (x_e - x_d) / S_d, S_d its size after the merge
         n, _, c = x.shape
         flat = x.reshape(-1, c)
+        dt = x.dtype
+        if size is not None and size.dtype != dt:  # as x * size would (bf16 x, fp32 sizes)
+            dt = torch.promote_types(dt, size.dtype)
+            flat = flat.to(dt)
         out = flat.index_select(0, keep_rows)  # (B * (N - r), C)
         if size is None:
             s_out, s_src = x.new_ones(out.shape[0], 1), x.new_ones(src_rows.shape[0], 1)
@@ -170,6 +174,8 @@ def bipartite_merge_fns(
             s_out, s_src = s_flat.index_select(0, keep_rows), s_flat.index_select(0, src_rows)
         s_out.index_add_(0, dst_rows, s_src)
         w = s_src / s_out.index_select(0, dst_rows)  # (B * r, 1): s_e / S_d
+        if w.dtype != dt:  # integer sizes divide to float32
+            w = w.to(dt)
         step = (flat.index_select(0, src_rows) - out.index_select(0, dst_rows)) * w
         out.index_add_(0, dst_rows, step)
         return out.view(n, -1, c), s_out.view(n, -1, 1)
