@@ -21,7 +21,7 @@ import argparse
 import copy
 import statistics
 import sys
-from collections.abc import Callable
+from functools import partial
 
 import timm
 import torch
@@ -66,16 +66,9 @@ def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, ite
         torch._dynamo.reset()  # drop the previous batch size's graphs
     models = _variants(name, rs, compile_, mode, freezing)
     x = torch.randn(batch, 3, 224, 224)
-
-    def rounds(m: torch.nn.Module) -> Callable[[], None]:
-        def run() -> None:
-            for _ in range(iters):
-                m(x)
-        return run
-
     # warm-up rounds first (and compilation)
-    times = interleaved_times({k: rounds(m) for k, m in models.items()}, repeats, warmup)
-    return {k: [t / iters for t in v] for k, v in times.items()}
+    return interleaved_times({k: partial(m, x) for k, m in models.items()}, repeats, warmup,
+                             calls=iters)
 
 
 def main(argv: list[str] | None = None) -> int:

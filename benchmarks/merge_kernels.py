@@ -67,15 +67,9 @@ def time_batch(batch: int, tokens: int, channels: int, r: int, rounds: int, call
            "wavg_rows": lambda: merge_wavg(merge, x, size),
            "wavg_passes": lambda: merge_wavg(plain, x, size)}
 
-    def repeated(fn):
-        def run() -> None:
-            for _ in range(calls):
-                fn()
-        return run
-
     with torch.inference_mode():
-        times = interleaved_times({k: repeated(f) for k, f in fns.items()}, rounds, warmup=1)
-    return {k: statistics.median(v) / calls * 1e6 for k, v in times.items()}
+        times = interleaved_times(fns, rounds, warmup=1, calls=calls)
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

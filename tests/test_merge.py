@@ -165,6 +165,11 @@ def test_explicit_partitions_and_reductions_match_reference(partition, mode):
                                reference_sets(metric, x, r, p, a_pos, b_pos, mode))
 
 
+def _three_pass(merge):
+    """The same merge without its merged-rows ``wavg``: merge_wavg then takes three passes."""
+    return lambda t, mode="mean": merge(t, mode)
+
+
 @pytest.mark.parametrize("partition", ["alternate", "halves", "random"])
 @pytest.mark.parametrize("sized", [False, True])
 def test_merged_rows_average_equals_the_three_pass_average(partition, sized):
@@ -180,12 +185,8 @@ def test_merged_rows_average_equals_the_three_pass_average(partition, sized):
     ctx = MatchContext(metric=metric, num_prefix=p, class_token=True, partition=partition)
     merge, _ = bipartite(ctx, r)
     assert hasattr(merge, "wavg")
-
-    def three_pass(t, mode="mean"):  # the same merge without its merged-rows path
-        return merge(t, mode)
-
     got_x, got_s = merge_wavg(merge, x, size)
-    want_x, want_s = merge_wavg(three_pass, x, size)
+    want_x, want_s = merge_wavg(_three_pass(merge), x, size)
     torch.testing.assert_close(got_x, want_x, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got_s, want_s, rtol=0, atol=0)
     members = merge(torch.ones(2, n, 1, dtype=torch.float64), "sum")
@@ -203,12 +204,8 @@ def test_merged_rows_average_promotes_like_the_three_pass_average(x_dtype, size_
     x = torch.randn(2, n, 6).to(x_dtype)
     size = None if size_dtype is None else torch.randint(1, 5, (2, n, 1)).to(size_dtype)
     merge, _ = bipartite(MatchContext(metric=metric, num_prefix=p, class_token=True), r)
-
-    def three_pass(t, mode="mean"):
-        return merge(t, mode)
-
     got_x, got_s = merge_wavg(merge, x, size)
-    want_x, want_s = merge_wavg(three_pass, x, size)
+    want_x, want_s = merge_wavg(_three_pass(merge), x, size)
     assert (got_x.dtype, got_s.dtype) == (want_x.dtype, want_s.dtype)
     torch.testing.assert_close(got_x, want_x, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(got_s, want_s, rtol=0, atol=0)

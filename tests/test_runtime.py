@@ -22,3 +22,20 @@ def test_interleaved_times_alternates_and_skips_warmup():
                               repeats=3, warmup=1)
     assert calls == ["a", "b"] * 4
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_interleaved_times_repeats_calls_within_a_round_and_divides():
+    import time
+
+    calls = []
+
+    def slow():
+        calls.append("s")
+        time.sleep(0.01)
+
+    times = interleaved_times({"s": slow, "f": lambda: calls.append("f")}, repeats=2, warmup=0,
+                              calls=3)
+    assert calls == ["s"] * 3 + ["f"] * 3 + ["s"] * 3 + ["f"] * 3
+    assert all(0.009 < t < 0.02 for t in times["s"])  # per call, not per round of 3
+    with pytest.raises(ValueError, match="calls"):
+        interleaved_times({"f": lambda: None}, repeats=1, calls=0)

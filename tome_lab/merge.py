@@ -206,6 +206,10 @@ def bipartite_merge_fns(
 def merge_wavg(merge: MergeFn, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Size-weighted average of merged tokens.
 
+    A ``merge`` from :func:`bipartite_merge_fns` carries its own version as ``merge.wavg``,
+    which copies the kept rows once and then updates only the destinations; any other
+    ``merge`` goes through three passes (``x * size``, a summing merge, the division).
+
     Args:
         merge: a ``merge`` function from a matcher.
         x: [B, N, C] tokens.

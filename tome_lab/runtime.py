@@ -113,33 +113,38 @@ class _CompiledCall(nn.Module):
 
 def interleaved_times(fns: Mapping[K, Callable[[], Any]], repeats: int, warmup: int = 1,
                       device: torch.device | str = "cpu",
-                      on_step: Callable[[], None] | None = None) -> dict[K, list[float]]:
-    """Seconds per call of each function, timed interleaved.
+                      on_step: Callable[[], None] | None = None,
+                      calls: int = 1) -> dict[K, list[float]]:
+    """Seconds per call of each function, timed interleaved, round by round.
 
     Args:
         fns: name -> a function doing one timed unit of work (a forward, a training step).
-        repeats: timed calls per function.
-        warmup: untimed calls per function first (allocator, kernels, compilation).
-        device: synchronised around every call, so a CUDA call is timed to its end.
-        on_step: called after every call (e.g. a progress bar's update).
+        repeats: timed rounds per function.
+        warmup: untimed rounds per function first (allocator, kernels, compilation).
+        device: synchronised around every round, so CUDA work is timed to its end.
+        on_step: called after every round (e.g. a progress bar's update).
+        calls: calls of the function in each round (for work too short to time alone); the
+            round's time is divided by it.
 
     Returns:
-        name -> ``repeats`` durations, in seconds, in call order.
+        name -> ``repeats`` durations per call, in seconds, in round order.
 
     Raises:
-        ValueError: ``repeats < 1`` or ``warmup < 0``.
+        ValueError: ``repeats < 1``, ``warmup < 0`` or ``calls < 1``.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if repeats < 1 or warmup < 0 or calls < 1:
+        raise ValueError(f"repeats and calls must be >= 1 and warmup >= 0, got {repeats}, "
+                         f"{calls}, {warmup}")
     times: dict[K, list[float]] = {k: [] for k in fns}
     for i in range(warmup + repeats):
         for k, fn in fns.items():
             sync(device)
             t0 = time.perf_counter()
-            fn()
+            for _ in range(calls):
+                fn()
             sync(device)
             if i >= warmup:
-                times[k].append(time.perf_counter() - t0)
+                times[k].append((time.perf_counter() - t0) / calls)
             if on_step is not None:
                 on_step()
     return times
