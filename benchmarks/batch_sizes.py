@@ -13,6 +13,11 @@ timm in the same mode (eager to eager, compiled to compiled) and, for compiled t
 timm eager too, and the spread of the per-round ratios (each round's variant against the
 round's timm), which shows how far one reading can be trusted on a shared machine. Random
 weights: speed does not depend on them.
+
+``--floor`` adds, at each r > 0, the ``truncate`` matcher ("floor r=..."): the same patched
+blocks dropping the last r tokens at no cost, so the gap between it and bipartite matching
+is what the matching costs, and its own ratio bounds what any r-token reduction in a patched
+block can reach on this machine.
 """
 
 from __future__ import annotations
@@ -41,30 +46,33 @@ def _ints(text: str) -> list[int]:
 
 
 def _variants(name: str, rs: list[int], compile_: bool, mode: str = "default",
-              freezing: bool = False) -> dict[str, torch.nn.Module]:
+              freezing: bool = False, floor: bool = False) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     base = timm.create_model(name, pretrained=False).eval()
     out: dict[str, torch.nn.Module] = {"timm eager": base}
-    for r in rs:
-        out[f"r={r} eager"] = tome_lab.apply_tome(copy.deepcopy(base), r=r)
+    names = [f"r={r}" for r in rs] + ([f"floor r={r}" for r in rs if r > 0] if floor else [])
+    for v in names:
+        r = int(v.rsplit("=", 1)[1])
+        matching = "truncate" if v.startswith("floor") else "bipartite"
+        out[f"{v} eager"] = tome_lab.apply_tome(copy.deepcopy(base), r=r, matching=matching)
     if compile_:
         def comp(m: torch.nn.Module) -> torch.nn.Module:
             return compile_model(m, mode=mode, freezing=freezing, fullgraph=True)
 
         out["timm compiled"] = comp(base)
-        for r in rs:
-            out[f"r={r} compiled"] = comp(out[f"r={r} eager"])
+        for v in names:
+            out[f"{v} compiled"] = comp(out[f"{v} eager"])
     return out
 
 
 @torch.inference_mode()
 def measure(name: str, batch: int, rs: list[int], repeats: int, warmup: int, iters: int,
-            compile_: bool, mode: str = "default", freezing: bool = False
+            compile_: bool, mode: str = "default", freezing: bool = False, floor: bool = False
             ) -> dict[str, list[float]]:
     """Seconds per call of each variant in every round, timed interleaved."""
     if compile_:
         torch._dynamo.reset()  # drop the previous batch size's graphs
-    models = _variants(name, rs, compile_, mode, freezing)
+    models = _variants(name, rs, compile_, mode, freezing, floor)
     x = torch.randn(batch, 3, 224, 224)
     # warm-up rounds first (and compilation)
     return interleaved_times({k: partial(m, x) for k, m in models.items()}, repeats, warmup,
@@ -87,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freezing", action="store_true",
                     help="inductor freezing (weights as pre-packed constants) for every "
                          "compiled variant")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the truncate matcher (the cost floor) at each r > 0")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     for b in args.batch_sizes:
         iters = args.iters or max(1, 64 // b)
         times = measure(args.model, b, args.r, args.repeats, args.warmup, iters, args.compile,
-                        args.compile_mode, args.freezing)
+                        args.compile_mode, args.freezing, args.floor)
         ips = {k: b / statistics.median(v) for k, v in times.items()}
         for k, v in ips.items():
             mode = "compiled" if k.endswith("compiled") else "eager"
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:  # with the revision, versions and date (tome_lab.results.environment)
         write_json_atomic(args.json, dict(
             argv=sys.argv, env=environment(), torch=torch.__version__, timm=timm.__version__,
-            compile_mode=args.compile_mode, freezing=args.freezing,
+            compile_mode=args.compile_mode, freezing=args.freezing, floor=args.floor,
             threads=torch.get_num_threads(), rows=rows))
     return 0
 

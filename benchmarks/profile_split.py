@@ -31,8 +31,12 @@ from torch.profiler import ProfilerActivity, profile
 import tome_lab
 from tome_lab.runtime import autocast, sync
 
+# on CUDA the fused attention's kernels run under the backend's own operator
+# (aten::_flash_attention_forward for timm, aten::_efficient_attention_forward once a size
+# mask rules FlashAttention out), which the first prefix alone missed
 GROUPS = {"linear layers": ("aten::addmm", "aten::mm"),
-          "attention": ("aten::_scaled_dot_product",)}
+          "attention": ("aten::_scaled_dot_product", "aten::_flash_attention",
+                        "aten::_efficient_attention", "aten::_cudnn_attention")}
 CUDA_RUNTIME = "CUDA runtime calls"
 
 

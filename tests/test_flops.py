@@ -103,7 +103,7 @@ def test_count_flops_keeps_training_mode():
 # distance and combine change no product, and are swept to show it
 SETTINGS = [
     *[dict(matching=m) for m in ("bipartite", "greedy", "kmeans", "kth_bipartite", "none",
-                                 "pruning", "random", "random_bipartite")],
+                                 "pruning", "random", "random_bipartite", "truncate")],
     dict(matching="kmeans", iters=2), dict(matching="kth_bipartite", k=3),
     dict(matching="pruning", criterion="norm"), dict(matching="pruning", criterion="random"),
     dict(feature="x"), dict(feature="q", head_agg="concat"), dict(feature="x", head_agg="concat"),
@@ -123,7 +123,7 @@ def test_analytic_equals_fvcore_for_every_setting(name, options):
     st = tome_lab.tome_state(m)
     got = tome_lab.count_flops(m, (3, 96, 96))
     assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
-    free = options.get("matching") in ("none", "random") or "criterion" in options
+    free = options.get("matching") in ("none", "random", "truncate") or "criterion" in options
     if not free:  # the matcher's products are in the count
         assert analytic_gflops(st.spec, st.r) > analytic_gflops(st.spec, st.r, False)
 

@@ -7,7 +7,7 @@ import torch
 
 from tome_lab.matching import MatchContext
 from tome_lab.matching.bipartite import bipartite
-from tome_lab.merge import clamp_r, merge_source, merge_wavg, similarity
+from tome_lab.merge import clamp_r, merge_source, merge_wavg, similarity, truncate_fns
 
 
 def reference_bipartite(metric, x, size, r, p, keep_order=True):
@@ -209,3 +209,17 @@ def test_merged_rows_average_promotes_like_the_three_pass_average(x_dtype, size_
     assert (got_x.dtype, got_s.dtype) == (want_x.dtype, want_s.dtype)
     torch.testing.assert_close(got_x, want_x, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(got_s, want_s, rtol=0, atol=0)
+
+
+def test_truncate_keeps_the_first_tokens_and_unmerges_zeros():
+    x = torch.arange(2 * 7 * 3, dtype=torch.float64).view(2, 7, 3)
+    size = torch.arange(1, 15, dtype=torch.float64).view(2, 7, 1)
+    merge, unmerge = truncate_fns(7, 3)
+    for mode in ("sum", "mean", "amax", "keep"):  # a dropped token has no destination
+        assert torch.equal(merge(x, mode=mode), x[:, :4])
+    got, got_size = merge_wavg(merge, x, size)
+    assert torch.equal(got, x[:, :4]) and torch.equal(got_size, size[:, :4])
+    got, got_size = merge_wavg(merge, x)
+    assert torch.equal(got, x[:, :4]) and torch.equal(got_size, torch.ones(2, 4, 1, dtype=x.dtype))
+    back = unmerge(merge(x))
+    assert torch.equal(back[:, :4], x[:, :4]) and not back[:, 4:].any()

@@ -92,9 +92,16 @@ def _attention(attn, h, size, prop_attn):
     return attn.proj(out), k.mean(0)  # (N, C), (N, d) keys averaged over heads
 
 
+def _truncate(tokens, size, key, r, num_prefix, class_token):
+    """The ``truncate`` matcher's step: the last r tokens are dropped, whatever they hold."""
+    r = min(r, (len(tokens) - num_prefix) // 2)
+    return tokens[:len(tokens) - r], size[:len(tokens) - r]
+
+
 @torch.no_grad()
-def reference_forward(model, images, r, prop_attn=True):
-    """Logits of a ToMe ViT, one image at a time (an unpatched float64 timm model)."""
+def reference_forward(model, images, r, prop_attn=True, step=_merge):
+    """Logits of a ToMe ViT, one image at a time (an unpatched float64 timm model); ``step``
+    reduces the tokens of a block (default: bipartite soft matching)."""
     p = model.num_prefix_tokens
     class_token = model.cls_token is not None
     out = []
@@ -105,7 +112,7 @@ def reference_forward(model, images, r, prop_attn=True):
             h = blk.norm1(torch.stack(tokens))
             y, key = _attention(blk.attn, h, size, prop_attn)
             x = torch.stack(tokens) + blk.ls1(y)  # merge after the attention residual
-            tokens, size = _merge(list(x), list(size), key, r, p, class_token)
+            tokens, size = step(list(x), list(size), key, r, p, class_token)
             x = torch.stack(tokens)
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))  # ... and before the MLP
             tokens = list(x)
@@ -211,3 +218,19 @@ def test_bad_order_value_error():
     m, _ = _model("deit_t")
     with pytest.raises(ValueError, match="valid: published, sorted"):
         tome_lab.apply_tome(m, r=4, order="bogus")
+
+
+@pytest.mark.parametrize("prop_attn", [True, False])
+@pytest.mark.parametrize("key", ["deit_t", "avg_no_cls", "registers"])
+def test_truncate_equals_reference(key, prop_attn):
+    """The cost-floor matcher drops the last r tokens after the attention residual."""
+    m, images = _model(key)
+    want = reference_forward(m, images, 6, prop_attn, step=_truncate)
+    patched = tome_lab.apply_tome(copy.deepcopy(m), r=6, prop_attn=prop_attn,
+                                  matching="truncate")
+    with torch.no_grad():
+        got = patched(images)
+    assert tome_lab.tome_state(patched).tokens[-1] < tome_lab.tome_state(patched).spec.num_tokens
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    # and it is not the bipartite merge by another name
+    assert not torch.allclose(got, reference_forward(m, images, 6, prop_attn), atol=1e-6)

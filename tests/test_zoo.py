@@ -19,7 +19,7 @@ LAYOUTS = {
     "cls+dist": ("deit_tiny_distilled_patch16_224", {}),
     "reg4+avg": ("vit_base_patch16_reg4_gap_256", dict(reg_tokens=4)),
 }
-DROPS = {"pruning"}  # rules that drop tokens, so sizes need not sum to the input count
+DROPS = {"pruning", "truncate"}  # rules that drop tokens, so sizes need not sum to the input count
 
 
 def _run(model, x, seed=0, **kw):

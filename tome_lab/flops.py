@@ -106,7 +106,7 @@ def matching_flops(spec: ViTSpec, n: int, r: int) -> int:
             return 0
         queries = 1 if spec.class_token else n  # the class token's row, or every row
         return queries * n * spec.attn_dim
-    return 0  # none, random: no products
+    return 0  # none, random, truncate: no products
 
 
 def analytic_gflops(spec: ViTSpec, r: Sequence[int], matching_cost: bool = True) -> float:

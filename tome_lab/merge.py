@@ -207,8 +207,9 @@ def merge_wavg(merge: MergeFn, x: Tensor, size: Tensor | None = None) -> tuple[T
     """Size-weighted average of merged tokens.
 
     A ``merge`` from :func:`bipartite_merge_fns` carries its own version as ``merge.wavg``,
-    which copies the kept rows once and then updates only the destinations; any other
-    ``merge`` goes through three passes (``x * size``, a summing merge, the division).
+    which copies the kept rows once and then updates only the destinations (one from
+    :func:`truncate_fns` only slices); any other ``merge`` goes through three passes
+    (``x * size``, a summing merge, the division).
 
     Args:
         merge: a ``merge`` function from a matcher.
@@ -218,7 +219,7 @@ def merge_wavg(merge: MergeFn, x: Tensor, size: Tensor | None = None) -> tuple[T
     Returns:
         ([B, N - r, C] merged tokens, [B, N - r, 1] their sizes).
     """
-    fast = getattr(merge, "wavg", None)  # a bipartite merge's own, touching merged rows only
+    fast = getattr(merge, "wavg", None)  # bipartite: merged rows only; truncate: a slice
     if fast is not None:
         return fast(x, size)
     if size is None:
@@ -303,4 +304,33 @@ def prune_fns(keep_idx: Tensor, num_tokens: int) -> tuple[MergeFn, MergeFn]:
         out = x.new_zeros(n, num_tokens, c)
         return out.scatter(1, keep_idx[..., None].expand(-1, -1, c), x)
 
+    return merge, unmerge
+
+
+def truncate_fns(num_tokens: int, r: int) -> tuple[MergeFn, MergeFn]:
+    """``merge`` that keeps the first N - r tokens as a view, and ``unmerge`` that puts zeros
+    back in place of the last r.
+
+    A dropped token has no destination, so every ``mode`` leaves the kept tokens as they are;
+    ``merge.wavg`` slices the sizes too, without the three passes of :func:`merge_wavg`.
+
+    Args:
+        num_tokens: N, the token count before truncation.
+        r: tokens dropped from the end (0 <= r < N).
+    """
+    n_out = num_tokens - r
+
+    def merge(x: Tensor, mode: str = "mean") -> Tensor:
+        return x[:, :n_out]
+
+    def wavg(x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if size is None:
+            return x[:, :n_out], x.new_ones(x.shape[0], n_out, 1)
+        return x[:, :n_out], size[:, :n_out]
+
+    def unmerge(x: Tensor) -> Tensor:
+        n, _, c = x.shape
+        return torch.cat([x, x.new_zeros(n, r, c)], dim=1)
+
+    merge.wavg = wavg
     return merge, unmerge
