@@ -14,10 +14,11 @@ timm eager too, and the spread of the per-round ratios (each round's variant aga
 round's timm), which shows how far one reading can be trusted on a shared machine. Random
 weights: speed does not depend on them.
 
-``--floor`` adds, at each r > 0, the ``truncate`` matcher ("floor r=..."): the same patched
-blocks dropping the last r tokens at no cost, so the gap between it and bipartite matching
-is what the matching costs, and its own ratio bounds what any r-token reduction in a patched
-block can reach on this machine.
+``--floor`` adds, at each r > 0, the ``truncate`` matcher, which drops the last r tokens and
+computes nothing else, twice: "floor r=..." with proportional attention as the bipartite rows
+have it (its sizes stay 1, so its mask is all zeros but is still passed to the attention), and
+"floor plain r=..." without it. The first against bipartite is what the matching costs; the
+second is the fastest an r-token reduction ran in a patched block on this machine.
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ def _variants(name: str, rs: list[int], compile_: bool, mode: str = "default",
     torch.manual_seed(0)
     base = timm.create_model(name, pretrained=False).eval()
     out: dict[str, torch.nn.Module] = {"timm eager": base}
-    names = [f"r={r}" for r in rs] + ([f"floor r={r}" for r in rs if r > 0] if floor else [])
+    names = [f"r={r}" for r in rs]
+    if floor:
+        names += [f"floor{kind} r={r}" for kind in ("", " plain") for r in rs if r > 0]
     for v in names:
         r = int(v.rsplit("=", 1)[1])
         matching = "truncate" if v.startswith("floor") else "bipartite"
-        out[f"{v} eager"] = tome_lab.apply_tome(copy.deepcopy(base), r=r, matching=matching)
+        out[f"{v} eager"] = tome_lab.apply_tome(copy.deepcopy(base), r=r, matching=matching,
+                                                prop_attn="plain" not in v)
     if compile_:
         def comp(m: torch.nn.Module) -> torch.nn.Module:
             return compile_model(m, mode=mode, freezing=freezing, fullgraph=True)
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="inductor freezing (weights as pre-packed constants) for every "
                          "compiled variant")
     ap.add_argument("--floor", action="store_true",
-                    help="also time the truncate matcher (the cost floor) at each r > 0")
+                    help="also time the truncate matcher (the cost floor), with and without "
+                         "proportional attention, at each r > 0")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)

@@ -326,6 +326,8 @@ def truncate_fns(num_tokens: int, r: int) -> tuple[MergeFn, MergeFn]:
     def wavg(x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if size is None:
             return x[:, :n_out], x.new_ones(x.shape[0], n_out, 1)
+        if size.dtype != x.dtype:  # promoted as the three-pass average's x * size would be
+            x = x.to(torch.promote_types(x.dtype, size.dtype))
         return x[:, :n_out], size[:, :n_out]
 
     def unmerge(x: Tensor) -> Tensor:
