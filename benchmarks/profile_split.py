@@ -31,9 +31,9 @@ from torch.profiler import ProfilerActivity, profile
 import tome_lab
 from tome_lab.runtime import autocast, sync
 
-# on CUDA the fused attention's kernels run under the backend's own operator
-# (aten::_flash_attention_forward for timm, aten::_efficient_attention_forward once a size
-# mask rules FlashAttention out), which the first prefix alone missed
+# on CUDA the fused attention's kernels run under the chosen backend's own operator
+# (aten::_flash_attention_forward, aten::_efficient_attention_forward, ...), which the first
+# prefix alone missed; which backend ran is printed below the tables
 GROUPS = {"linear layers": ("aten::addmm", "aten::mm"),
           "attention": ("aten::_scaled_dot_product", "aten::_flash_attention",
                         "aten::_efficient_attention", "aten::_cudnn_attention")}
@@ -139,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         print()
         _table(f"ms per forward, device ({what})", list(models), gpu,
                [*names, "device total", "wall minus device", "wall"])
+    print()  # which attention operators ran (the backend SDPA chose), with their own times
+    for k in models:
+        ops = sorted((op for op in self_us[k] if _group(op, timm_ops) == "attention"),
+                     key=lambda op: -(dev_us[k][op] + self_us[k][op]))
+        print(f"attention operators, {k}: " + "; ".join(
+            f"{op} host {self_us[k][op] / n / 1e3:.2f} ms, device {dev_us[k][op] / n / 1e3:.2f} ms"
+            for op in ops))
     return 0
 
 

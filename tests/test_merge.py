@@ -196,14 +196,18 @@ def test_merged_rows_average_equals_the_three_pass_average(partition, sized):
 @pytest.mark.parametrize("x_dtype,size_dtype", [
     (torch.bfloat16, torch.float32), (torch.float16, torch.float32),
     (torch.float32, torch.float64), (torch.float16, torch.int64), (torch.bfloat16, None)])
-def test_merged_rows_average_promotes_like_the_three_pass_average(x_dtype, size_dtype):
+@pytest.mark.parametrize("matcher", ["bipartite", "truncate"])
+def test_merged_rows_average_promotes_like_the_three_pass_average(x_dtype, size_dtype, matcher):
     """Tokens and sizes of different dtypes come out in the dtype x * size promotes to."""
     torch.manual_seed(4)
     n, p, r = 15, 1, 5
     metric = torch.randn(2, n, 4)
     x = torch.randn(2, n, 6).to(x_dtype)
     size = None if size_dtype is None else torch.randint(1, 5, (2, n, 1)).to(size_dtype)
-    merge, _ = bipartite(MatchContext(metric=metric, num_prefix=p, class_token=True), r)
+    if matcher == "bipartite":
+        merge, _ = bipartite(MatchContext(metric=metric, num_prefix=p, class_token=True), r)
+    else:
+        merge, _ = truncate_fns(n, r)
     got_x, got_s = merge_wavg(merge, x, size)
     want_x, want_s = merge_wavg(_three_pass(merge), x, size)
     assert (got_x.dtype, got_s.dtype) == (want_x.dtype, want_s.dtype)
@@ -221,5 +225,7 @@ def test_truncate_keeps_the_first_tokens_and_unmerges_zeros():
     assert torch.equal(got, x[:, :4]) and torch.equal(got_size, size[:, :4])
     got, got_size = merge_wavg(merge, x)
     assert torch.equal(got, x[:, :4]) and torch.equal(got_size, torch.ones(2, 4, 1, dtype=x.dtype))
+    source = merge_source(merge, x)  # each kept token holds only its own patch
+    assert torch.equal(source, torch.eye(7, dtype=x.dtype)[:4].expand(2, -1, -1))
     back = unmerge(merge(x))
     assert torch.equal(back[:, :4], x[:, :4]) and not back[:, 4:].any()

@@ -221,7 +221,7 @@ def test_bad_order_value_error():
 
 
 @pytest.mark.parametrize("prop_attn", [True, False])
-@pytest.mark.parametrize("key", ["deit_t", "avg_no_cls", "registers"])
+@pytest.mark.parametrize("key", ["deit_t", "deit_s_distilled", "avg_no_cls", "registers"])
 def test_truncate_equals_reference(key, prop_attn):
     """The cost-floor matcher drops the last r tokens after the attention residual."""
     m, images = _model(key)
