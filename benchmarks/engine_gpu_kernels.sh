@@ -7,7 +7,7 @@
 # removed because it was slower: see "Engine on a GPU" there.
 set -uo pipefail
 P=${PYTHON:-.venv/bin/python}
-OUT=${OUT:-benchmarks/gpu}
+OUT=${OUT:-benchmarks/gpu/$(date -u +%Y-%m-%dT%H%M)}  # a new folder: recorded runs stay
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 bench() {  # seconds allowed, model, r list, file stem, extra options...
