@@ -51,14 +51,15 @@ def _variants(name: str, rs: list[int], compile_: bool, mode: str = "default",
     torch.manual_seed(0)
     base = timm.create_model(name, pretrained=False).eval()
     out: dict[str, torch.nn.Module] = {"timm eager": base}
-    names = [f"r={r}" for r in rs]
+    # variant name -> apply_tome's arguments
+    settings = {f"r={r}": dict(r=r) for r in rs}
     if floor:
-        names += [f"floor{kind} r={r}" for kind in ("", " plain") for r in rs if r > 0]
-    for v in names:
-        r = int(v.rsplit("=", 1)[1])
-        matching = "truncate" if v.startswith("floor") else "bipartite"
-        out[f"{v} eager"] = tome_lab.apply_tome(copy.deepcopy(base), r=r, matching=matching,
-                                                prop_attn="plain" not in v)
+        for r in (r for r in rs if r > 0):
+            settings[f"floor r={r}"] = dict(r=r, matching="truncate")
+            settings[f"floor plain r={r}"] = dict(r=r, matching="truncate", prop_attn=False)
+    names = list(settings)
+    for v, kw in settings.items():
+        out[f"{v} eager"] = tome_lab.apply_tome(copy.deepcopy(base), **kw)
     if compile_:
         def comp(m: torch.nn.Module) -> torch.nn.Module:
             return compile_model(m, mode=mode, freezing=freezing, fullgraph=True)

@@ -221,6 +221,7 @@ def test_truncate_keeps_the_first_tokens_and_unmerges_zeros():
     merge, unmerge = truncate_fns(7, 3)
     for mode in ("sum", "mean", "amax", "keep"):  # a dropped token has no destination
         assert torch.equal(merge(x, mode=mode), x[:, :4])
+    assert merge(x).data_ptr() == x.data_ptr()  # a view: nothing is copied
     got, got_size = merge_wavg(merge, x, size)
     assert torch.equal(got, x[:, :4]) and torch.equal(got_size, size[:, :4])
     got, got_size = merge_wavg(merge, x)

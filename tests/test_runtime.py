@@ -24,18 +24,23 @@ def test_interleaved_times_alternates_and_skips_warmup():
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
 
 
-def test_interleaved_times_repeats_calls_within_a_round_and_divides():
-    import time
+def test_interleaved_times_repeats_calls_within_a_round_and_divides(monkeypatch):
+    from types import SimpleNamespace
 
-    calls = []
+    from tome_lab import runtime
 
-    def slow():
-        calls.append("s")
-        time.sleep(0.01)
+    clock, calls = [0.0], []
 
-    times = interleaved_times({"s": slow, "f": lambda: calls.append("f")}, repeats=2, warmup=0,
-                              calls=3)
+    def work(name, seconds):  # advances a fake clock: the timings are exact, not measured
+        def fn():
+            calls.append(name)
+            clock[0] += seconds
+        return fn
+
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    times = interleaved_times({"s": work("s", 0.5), "f": work("f", 0.125)}, repeats=2,
+                              warmup=0, calls=3)
     assert calls == ["s"] * 3 + ["f"] * 3 + ["s"] * 3 + ["f"] * 3
-    assert all(0.009 < t < 0.02 for t in times["s"])  # per call, not per round of 3
+    assert times == {"s": [0.5, 0.5], "f": [0.125, 0.125]}  # per call, not per round of 3
     with pytest.raises(ValueError, match="calls"):
         interleaved_times({"f": lambda: None}, repeats=1, calls=0)

@@ -161,11 +161,7 @@ def bipartite_merge_fns(
         # unmerged token's weighted average is itself, and a destination d with sources e
         # becomes x_d + sum_e s_e (x_e - x_d) / S_d, S_d its size after the merge
         n, _, c = x.shape
-        flat = x.reshape(-1, c)
-        dt = x.dtype
-        if size is not None and size.dtype != dt:  # as x * size would (bf16 x, fp32 sizes)
-            dt = torch.promote_types(dt, size.dtype)
-            flat = flat.to(dt)
+        flat = x.reshape(-1, c)  # merge_wavg has promoted x to the dtype x * size has
         out = flat.index_select(0, keep_rows)  # (B * (N - r), C)
         if size is None:
             s_out, s_src = x.new_ones(out.shape[0], 1), x.new_ones(src_rows.shape[0], 1)
@@ -174,8 +170,8 @@ def bipartite_merge_fns(
             s_out, s_src = s_flat.index_select(0, keep_rows), s_flat.index_select(0, src_rows)
         s_out.index_add_(0, dst_rows, s_src)
         w = s_src / s_out.index_select(0, dst_rows)  # (B * r, 1): s_e / S_d
-        if w.dtype != dt:  # integer sizes divide to float32
-            w = w.to(dt)
+        if w.dtype != x.dtype:  # integer sizes divide to float32
+            w = w.to(x.dtype)
         step = (flat.index_select(0, src_rows) - out.index_select(0, dst_rows)) * w
         out.index_add_(0, dst_rows, step)
         return out.view(n, -1, c), s_out.view(n, -1, 1)
@@ -208,8 +204,9 @@ def merge_wavg(merge: MergeFn, x: Tensor, size: Tensor | None = None) -> tuple[T
 
     A ``merge`` from :func:`bipartite_merge_fns` carries its own version as ``merge.wavg``,
     which copies the kept rows once and then updates only the destinations (one from
-    :func:`truncate_fns` only slices); any other ``merge`` goes through three passes
-    (``x * size``, a summing merge, the division).
+    :func:`truncate_fns` only slices), called with x already in the dtype ``x * size`` has;
+    any other ``merge`` goes through three passes (``x * size``, a summing merge, the
+    division).
 
     Args:
         merge: a ``merge`` function from a matcher.
@@ -221,6 +218,8 @@ def merge_wavg(merge: MergeFn, x: Tensor, size: Tensor | None = None) -> tuple[T
     """
     fast = getattr(merge, "wavg", None)  # bipartite: merged rows only; truncate: a slice
     if fast is not None:
+        if size is not None and size.dtype != x.dtype:  # the dtype x * size would have
+            x = x.to(torch.promote_types(x.dtype, size.dtype))
         return fast(x, size)
     if size is None:
         size = x.new_ones(x.shape[0], x.shape[1], 1)
@@ -326,8 +325,6 @@ def truncate_fns(num_tokens: int, r: int) -> tuple[MergeFn, MergeFn]:
     def wavg(x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if size is None:
             return x[:, :n_out], x.new_ones(x.shape[0], n_out, 1)
-        if size.dtype != x.dtype:  # promoted as the three-pass average's x * size would be
-            x = x.to(torch.promote_types(x.dtype, size.dtype))
         return x[:, :n_out], size[:, :n_out]
 
     def unmerge(x: Tensor) -> Tensor:

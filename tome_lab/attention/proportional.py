@@ -12,7 +12,8 @@ from tome_lab.registry import ATTENTION
 
 @ATTENTION.register("proportional", "prop")
 def proportional(size: Tensor | None) -> Tensor | None:
-    """[B, N, 1] sizes -> [B, 1, 1, N] additive mask (None while all sizes are 1)."""
+    """[B, N, 1] sizes -> [B, 1, 1, N] additive mask (None before the first merge, when
+    sizes are not tracked yet; a matcher that drops tokens keeps sizes of 1, and zeros)."""
     if size is None:
         return None
     n, t, _ = size.shape

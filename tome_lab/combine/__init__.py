@@ -1,8 +1,10 @@
 """Combine rules: how the tokens of one group become one. Registered in ``COMBINE``.
 
 A combine plug-in is ``fn(merge, x, size) -> (x, size)`` with x [B, N, C] and size
-[B, N, 1] (None before the first merge); sizes always add up, so token sizes keep summing
-to the input count whatever the rule. Paper, Table 1c: the size-weighted average wins.
+[B, N, 1] (None before the first merge); members' sizes always add up, so with a matcher
+that merges, token sizes keep summing to the input count whatever the rule (one that drops
+tokens, ``pruning`` or ``truncate``, drops their sizes with them). Paper, Table 1c: the
+size-weighted average wins.
 """
 
 from __future__ import annotations
