@@ -103,6 +103,45 @@ def test_paired_bootstrap_is_narrower_than_separate_intervals():
     assert stats.bootstrap(a).overlaps(stats.bootstrap(b))
 
 
+def _index_bootstrap(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """The textbook bootstrap: resample the items themselves, (resamples, n) indices."""
+    idx = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    return values[idx].mean(axis=1)
+
+
+def test_count_bootstraps_match_resampling_the_images():
+    rng = np.random.default_rng(4)
+    a = (rng.random(400) < 0.8).astype(float)
+    b = np.where(rng.random(400) < 0.1, 1.0 - a, a)  # b flips 10% of a's outcomes
+    q = [0.025, 0.5, 0.975]
+    ref = np.quantile(_index_bootstrap(a, 20_000, 1), q)
+    ci = stats.bootstrap(a, resamples=20_000, seed=2)
+    assert [ci.low, ci.high] == pytest.approx([ref[0], ref[2]], abs=0.006)
+    ref_d = np.quantile(_index_bootstrap(a - b, 20_000, 1), q)
+    d = stats.paired_bootstrap(a, b, resamples=20_000, seed=2)
+    assert d.estimate == pytest.approx(np.mean(a - b))
+    assert [d.low, d.high] == pytest.approx([ref_d[0], ref_d[2]], abs=0.006)
+    # the sign of the paired difference is a minus b
+    assert stats.paired_bootstrap(b, a, seed=2).estimate == pytest.approx(-d.estimate)
+
+
+def test_bootstraps_at_imagenet_scale_stay_small():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(50_000) < 0.8).astype(float)
+    b = np.where(rng.random(50_000) < 0.05, 1.0 - a, a)
+    tracemalloc.start()
+    try:
+        stats.bootstrap(a, resamples=10_000)
+        stats.paired_bootstrap(a, b, resamples=10_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # an index matrix would be 10,000 x 50,000 x 8 bytes = 4 GB; counts need well under 50 MB
+    assert peak < 50e6, f"peak {peak / 1e6:.0f} MB"
+
+
 def test_paired_needs_the_same_images():
     with pytest.raises(ValueError, match="same images"):
         stats.paired_bootstrap([1, 0], [1, 0, 1])
