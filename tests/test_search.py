@@ -486,3 +486,19 @@ def test_an_rdb_url_is_used_as_the_storage(tmp_path):
     study = optuna.load_study(study_name="t", storage=url)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     assert not (tmp_path / "t.journal").exists() and len(_records(scfg)) == 3
+
+
+def test_report_picks_the_baseline_on_the_search_split_not_on_test():
+    from tome_lab.search import format_report
+
+    base = [  # "constant" is better on test, "decreasing" on val: val must decide
+        {"label": "constant", "gflops": 0.10, "top1_val": 90.0, "top1_test": 95.0},
+        {"label": "decreasing", "gflops": 0.10, "top1_val": 92.0, "top1_test": 91.0},
+        {"label": "dearer", "gflops": 0.50, "top1_val": 99.0, "top1_test": 99.0},
+    ]
+    summary = {"study": "s", "trials": 3, "pareto_yaml": "p.yaml", "baselines": base,
+               "pareto": [{"schedule": [1, 2], "gflops": 0.12, "top1_val": 93.0,
+                           "top1_test": 92.0}]}
+    text = format_report(summary, SearchConfig())
+    row = text.split("Pareto schedules")[1].splitlines()[2]
+    assert "decreasing" in row and "constant" not in row and "dearer" not in row
