@@ -30,3 +30,11 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m tome_lab.bench --model deit_small_patch16_224 --r 0,8,16 --batch-size 32
+
+# The docs site (mkdocs.yml, docs/): built strictly and offline into site/, or served locally.
+.PHONY: docs docs-serve
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve

@@ -272,6 +272,12 @@ def launchers(ctx: Ctx, file: str) -> str:
             + ctx.source(file))
 
 
+@TABLES.register("text")
+def text(ctx: Ctx, file: str) -> str:
+    """A committed text file that is already Markdown (a profile's tables), copied as is."""
+    return ctx.path(file).read_text().rstrip("\n") + "\n\n" + ctx.source(file)
+
+
 # --------------------------------------------------------------------------- search
 
 def _pct(iv: dict) -> str:
