@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 
 import pandas as pd
 import pytest
@@ -97,3 +99,60 @@ def test_write_csv_lists_as_json(tmp_path):
     results.write_csv(df, tmp_path / "results.csv")
     back = pd.read_csv(tmp_path / "results.csv")
     assert json.loads(back["r"].iloc[0]) == [8, 4] and back["top1"].iloc[0] == 1.5
+
+
+# --------------------------------------------------------------------------- git revision
+
+def _git(repo, *args):
+    out = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+                          "user.email=t@example.com", *args], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip()
+
+
+def _settle(repo):
+    """Ages the work tree a minute and git's index half a minute, as a tree left alone for a
+    while is: outside git's racy window and ``results._RACY_NS``."""
+    past = time.time() - 60
+    for p in [repo, *repo.rglob("*")]:
+        os.utime(p, (past, past))
+    _git(repo, "status", "--porcelain")  # git refreshes its index to the new stats
+    os.utime(repo / ".git" / "index", (past + 30, past + 30))
+
+
+def test_git_revision_is_cached_and_sees_every_change(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    src = repo / "pkg"
+    src.mkdir(parents=True)
+    (src / "a.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    first = _git(repo, "rev-parse", "HEAD")
+    _settle(repo)
+    calls = []
+    real = subprocess.run
+
+    def counted(cmd, *a, **k):  # the calls results makes (this test's own git calls aside)
+        calls.extend(["status"] if "--porcelain=v2" in cmd else [])
+        return real(cmd, *a, **k)
+
+    monkeypatch.setattr(results.subprocess, "run", counted)
+    assert results._git_revision(src) == (first, False)
+    assert results._git_revision(src) == (first, False)
+    assert len(calls) == 1  # the second answer came from the cache
+    (src / "a.py").write_text("x = 2\n")  # same size: only the stat tells
+    _settle(repo)
+    assert results._git_revision(src) == (first, True) and len(calls) == 2
+    (src / "a.py").write_text("x = 3\n")  # just now: its mtime may not change on the next edit
+    assert results._git_revision(src) == (first, True)
+    assert results._git_revision(src) == (first, True) and len(calls) == 4  # not cached
+    _git(repo, "commit", "-qam", "two")
+    second = _git(repo, "rev-parse", "HEAD")
+    _settle(repo)
+    assert second != first and results._git_revision(src) == (second, False)
+    (src / "b.py").write_text("y = 1\n")  # an untracked file is a local change
+    _settle(repo)
+    assert results._git_revision(src) == (second, True)
+    assert results._git_revision(tmp_path) == (None, None)  # not a work tree: no revision
+
