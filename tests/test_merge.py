@@ -103,6 +103,32 @@ def test_zero_norm_keys_are_finite():
     assert torch.isfinite(out).all() and size.sum() == 9
 
 
+@pytest.mark.parametrize("poison", ["nan", "inf", "-inf", "fp16_overflow"])
+@pytest.mark.parametrize("p, class_token, order", [(1, True, "published"),
+                                                   (2, False, "published"),
+                                                   (3, False, "sorted")])
+def test_non_finite_scores_never_drop_a_token_or_repeat_a_prefix(poison, p, class_token, order):
+    n, r = 16, 6
+    torch.manual_seed(0)
+    metric = torch.randn(2, n, 4)
+    distance = "dot"
+    if poison == "fp16_overflow":  # fp16 dot products of large keys overflow to +-inf
+        metric = metric.half() * 300
+        metric[:, p::2] = metric[:, p::2].abs()
+        metric[:, p + 1::2] = -metric[:, p + 1::2].abs()  # every A.B product is -inf or inf
+    else:
+        value = {"nan": float("nan"), "inf": float("inf"), "-inf": -float("inf")}[poison]
+        metric[:, p:p + 6] = value  # unprotected tokens whose scores are all non-finite
+    ctx = MatchContext(metric=metric, num_prefix=p, class_token=class_token, distance=distance)
+    merge, _ = bipartite(ctx, r, order=order)
+    ids = torch.arange(n, dtype=torch.float32)[None, :, None].expand(2, n, 1)
+    source = merge_source(merge, ids)  # (B, N - r, N)
+    assert source.shape[1] == n - r
+    assert torch.equal(source.sum(1), torch.ones(2, n))  # every token exactly once
+    assert merge(ids, mode="amax")[:, :p, 0].tolist() == [list(range(p))] * 2
+    assert torch.all(source[:, :p].sum(-1) == 1)  # the prefix is never merged
+
+
 @pytest.mark.parametrize("distance", ["cosine", "dot", "euclidean"])
 def test_similarity_orders_nearest_first(distance):
     a = torch.tensor([[[1.0, 0.0]]])

@@ -34,9 +34,10 @@ def _best_edges(scores: Tensor, r: int, keep_order: bool, a_prefix: int = 0, b_p
     """(unm_idx, src_idx, dst_idx) from the r best A -> B edges.
 
     Args:
-        scores: [B, Na, Nb] similarities of A to B, protected tokens included; the rows of
-            the protected A tokens and the columns of the protected B tokens are overwritten
-            with -inf here, so that they are never a source or a destination.
+        scores: [B, Na, Nb] similarities of A to B, protected tokens included; overwritten
+            here: NaN and -inf become the lowest finite value, +inf the highest, and the rows
+            of the protected A tokens and the columns of the protected B tokens -inf, so that
+            they are never a source or a destination.
         r: edges to merge (at most Na - a_prefix).
         keep_order: sort the unmerged A tokens back into sequence order.
         a_prefix: protected tokens heading A (kept first, never a source).
@@ -45,6 +46,12 @@ def _best_edges(scores: Tensor, r: int, keep_order: bool, a_prefix: int = 0, b_p
     Returns:
         [B, Na - r], [B, r], [B, r] indices into A, A and B.
     """
+    # A NaN or infinite score (fp16 overflow of a dot product, a NaN key) on an unprotected
+    # token must sort strictly between the protected rows and never tie with them: a tie with
+    # -inf could make a protected token a source, and the prefix bookkeeping below assumes
+    # the protected rows sort last. Finite stand-ins keep every real token in play.
+    info = torch.finfo(scores.dtype)
+    torch.nan_to_num_(scores, nan=info.min, posinf=info.max, neginf=info.min)
     if a_prefix:
         scores[:, :a_prefix].fill_(-math.inf)
     if b_prefix:
