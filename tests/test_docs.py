@@ -1,0 +1,322 @@
+"""The docs against the code and the data: generated tables, fenced shell commands, the site.
+
+- Every ``<!-- report:NAME -->`` block of README.md and docs/*.md equals what
+  ``python -m tome_lab.report`` writes from the committed files.
+- Every command of every fenced ``bash`` block parses: ``python -m tome_lab.<cmd>`` through that
+  command's own parser, in this process; scripts exist and take the flags given; ``make``
+  targets exist; the paths a command names exist. A block after ``<!-- recorded -->`` records
+  how a committed result was made: its output files must exist too.
+- The full tier runs the unrecorded commands with ``--print_config`` / ``--help`` in a fresh
+  process and builds the site with ``mkdocs build --strict``.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from tome_lab import report
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted({ROOT / "README.md", *ROOT.glob("docs/*.md")})
+FENCE = re.compile(r"^```(bash|sh|shell)\s*\n(.*?)^```", re.S | re.M)
+RECORDED = re.compile(r"<!-- recorded -->\s*$")
+# Flags whose value is a file the command writes: not there before an unrecorded run.
+OUTPUT_FLAGS = {"--json", "--csv", "--output", "--out", "-o", "--train.output", "--bench.json",
+                "--bench.csv", "--name", "--search.name", "--search.out"}
+EXTERNAL = {"pip", "optuna-dashboard", "mkdocs", "apt-get", "brew"}
+PYTHONS = {"python", "python3", ".venv/bin/python"}
+
+
+@dataclass(frozen=True)
+class Command:
+    page: str
+    line: int
+    argv: tuple[str, ...]
+    recorded: bool
+
+    def __str__(self) -> str:
+        return f"{self.page}:{self.line}"
+
+
+def commands() -> list[Command]:
+    """Every command of every fenced shell block of the README and the docs."""
+    out = []
+    for page in PAGES:
+        text = page.read_text()
+        for m in FENCE.finditer(text):
+            recorded = bool(RECORDED.search(text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]))
+            first = text[:m.start(2)].count("\n") + 1
+            joined, start = "", first
+            for i, line in enumerate(m[2].splitlines()):
+                if not joined:
+                    start = first + i
+                joined += line[:-1] + " " if line.endswith("\\") else line
+                if line.endswith("\\"):
+                    continue
+                argv = shlex.split(joined, comments=True)
+                joined = ""
+                if argv:
+                    out.append(Command(page.relative_to(ROOT).as_posix(), start, tuple(argv),
+                                       recorded))
+    return out
+
+
+COMMANDS = commands()
+
+
+def _strip(argv: tuple[str, ...]) -> list[str]:
+    """Drops environment assignments, ``sudo`` and ``timeout N`` in front of a command."""
+    args = list(argv)
+    while args and (re.match(r"^[A-Z_]+=", args[0]) or args[0] == "sudo"):
+        args.pop(0)
+    if args and args[0] == "timeout":
+        args = args[2:]
+    return args
+
+
+def _is_placeholder(value: str) -> bool:
+    return ("<" in value or value.startswith(("runs/", "/", "~", "$", "http"))
+            or value in ("...",))
+
+
+def _named_paths(args: list[str], recorded: bool) -> list[str]:
+    """The repository paths a command names (outputs too when it is recorded)."""
+    paths = []
+    for i, a in enumerate(args):
+        value = a.split("=", 1)[1] if re.match(r"^[\w.]+=", a) else a
+        if a.startswith("-") or "/" not in value or _is_placeholder(value):
+            continue
+        if not recorded and i > 0 and args[i - 1] in OUTPUT_FLAGS:
+            continue
+        paths.append(value)
+    return paths
+
+
+def _config_free(args: list[str]) -> list[str]:
+    """``--config PLACEHOLDER`` pairs removed (a sweep point's config.yaml is not committed)."""
+    out, skip = [], False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a == "--config" and i + 1 < len(args) and _is_placeholder(args[i + 1]):
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+@cache
+def _parsers() -> dict:
+    from tome_lab import bench, evaluate, search, train
+    from tome_lab.config import BenchRunConfig, ExperimentConfig, TrainRunConfig
+
+    sp, saliases = search.build_parser()
+    return {"evaluate": (evaluate.build_parser(), ExperimentConfig, evaluate.ALIASES),
+            "train": (train.build_parser(), TrainRunConfig, train.ALIASES),
+            "bench": (bench.build_parser(), BenchRunConfig, bench.ALIASES),
+            "search": (sp, search.SearchRunConfig, saliases)}
+
+
+def _parse_module(module: str, args: list[str]) -> None:
+    """Parses a ``python -m tome_lab.<module>`` command line in this process, as the command
+    does before it runs anything; fails on any flag or value the command would refuse."""
+    from tome_lab import ablate, cli
+
+    args = _config_free(args)
+    try:
+        if module in _parsers():
+            parser, cls, aliases = _parsers()[module]
+            _, ns = cli.parse(parser, cls, args, aliases)
+            if module == "search":
+                ablate.launch_config(ns)
+        elif module == "ablate":
+            ns = ablate.build_parser().parse_args(args)
+            ablate.expand(list(ns.sweep) + list(ns.words), ablate._base_dict(ns))
+            ablate.launch_config(ns)
+        elif module == "plots":
+            from tome_lab import plots
+
+            plots._parser().parse_args(args)
+        else:  # argparse built inside main (launch, report, tasks.*): the flags it defines
+            _flags_in_source(ROOT / "tome_lab" / (module.replace(".", "/") + ".py"), args)
+    except (ValueError, cli.UsageError) as err:
+        pytest.fail(f"python -m tome_lab.{module} {shlex.join(args)}: {err}")
+    except SystemExit as exc:
+        if exc.code not in (0, None) or not {"--help", "--print_config"} & set(args):
+            pytest.fail(f"python -m tome_lab.{module} {shlex.join(args)}: exit {exc.code}")
+
+
+def _flags_in_source(path: Path, args: list[str]) -> None:
+    """Every ``--flag`` given to a script is defined in its source."""
+    source = path.read_text()
+    for a in args:
+        if a.startswith("--"):
+            flag = a.split("=", 1)[0]
+            assert re.search(rf"""["']{re.escape(flag)}["']""", source), \
+                f"{path.relative_to(ROOT)} defines no {flag}"
+
+
+def _make_targets() -> set[str]:
+    return set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+
+
+def check(cmd: Command) -> None:
+    """Fails when a documented command would not parse or names a missing file."""
+    args = _strip(cmd.argv)
+    prog = args[0]
+    for p in _named_paths(args[1:], cmd.recorded):
+        assert glob.glob(str(ROOT / p)), f"{cmd}: {p} does not exist"
+    if prog in PYTHONS:
+        if args[1] == "-m":
+            module = args[2]
+            assert module.startswith("tome_lab."), f"{cmd}: not a tome_lab command: {module}"
+            _parse_module(module.removeprefix("tome_lab."), args[3:])
+        else:
+            script = ROOT / args[1]
+            assert script.is_file(), f"{cmd}: no script {args[1]}"
+            _flags_in_source(script, args[2:])
+    elif prog == "bash" or prog.endswith(".sh"):
+        script = ROOT / (args[1] if prog == "bash" else prog)
+        assert script.is_file(), f"{cmd}: no script {script.relative_to(ROOT)}"
+    elif prog == "make":
+        missing = set(args[1:]) - _make_targets()
+        assert not missing, f"{cmd}: the Makefile has no target {sorted(missing)}"
+    else:
+        assert prog in EXTERNAL, f"{cmd}: unknown program {prog!r}"
+
+
+# --------------------------------------------------------------------------- generated tables
+
+def test_generated_tables_match_the_committed_files():
+    stale = report.stale(ROOT)
+    assert not stale, ("tables differ from the data files; run python -m tome_lab.report:\n"
+                       + "\n".join(stale))
+
+
+def test_every_page_with_figures_has_generated_blocks():
+    """The benchmarks page and the README carry generated tables, not hand-typed ones."""
+    for page in ("README.md", "docs/benchmarks.md", "docs/tasks.md", "docs/search.md"):
+        assert "<!-- report:" in (ROOT / page).read_text(), page
+
+
+def test_a_changed_figure_is_caught(tmp_path):
+    for d in ("benchmarks", "tome_lab", "tests"):
+        (tmp_path / d).symlink_to(ROOT / d)
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "x.md"
+    page.write_text("<!-- report:bench benchmarks/core_deit_s_cpu.json -->\n"
+                    "<!-- /report:bench -->\n")
+    assert report.stale(tmp_path)  # empty block: stale
+    report.write(tmp_path)
+    assert not report.stale(tmp_path)
+    text = page.read_text()
+    assert "| 1.99x |" in text  # DeiT-S r=16 in core_deit_s_cpu.json
+    page.write_text(text.replace("| 1.99x |", "| 2.10x |"))
+    assert report.stale(tmp_path) == ["docs/x.md: report:bench benchmarks/core_deit_s_cpu.json"]
+
+
+def test_a_missing_data_file_fails(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such.json"):
+        report.TABLES.get("bench")(report.Ctx(ROOT, ROOT / "docs" / "x.md"),
+                                   "benchmarks/no_such.json")
+
+
+def test_search_counts_distinct_comparisons():
+    """The issue's example: 22 budgets in the winning range are 17 distinct comparisons."""
+    import json
+
+    d = json.loads((ROOT / "benchmarks/search_bench144.json").read_text())
+    c = report.search_comparisons(d)
+    in_range = [b for b in d["budgets"] if c["lo"] <= b["budget"] <= c["hi"]]
+    assert (len(in_range), c["wins"]) == (22, 17)
+
+
+def test_paired_table_equals_the_script():
+    spec = importlib.util.spec_from_file_location("paired_table",
+                                                  ROOT / "benchmarks" / "paired_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ctx = report.Ctx(ROOT, ROOT / "docs" / "x.md")
+    for rel in report.task_files(ROOT):
+        rows = ctx.jsonl(rel)
+        if rows and "setting" in rows[0]:
+            assert report.paired_rows(rows) == mod.table(rows), rel
+
+
+def test_methods_table_has_one_row_per_matcher():
+    from tome_lab.registry import MATCHING
+
+    text = report.methods(report.Ctx(ROOT, ROOT / "docs" / "methods.md"))
+    assert len(text.splitlines()) == 2 + len(MATCHING.names())
+
+
+# --------------------------------------------------------------------------- commands
+
+def test_commands_are_found():
+    assert len(COMMANDS) > 30
+    assert any(c.recorded for c in COMMANDS) and any(not c.recorded for c in COMMANDS)
+    readme = [c for c in COMMANDS if c.page == "README.md"]
+    assert any(c.argv[:2] == ("make", "test") for c in readme)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=str)
+def test_documented_command_parses(cmd):
+    check(cmd)
+
+
+def test_the_check_catches_a_bad_flag_and_a_missing_file():
+    bad_flag = Command("x.md", 1, ("python", "-m", "tome_lab.evaluate", "--tome.rr", "4"), False)
+    with pytest.raises(pytest.fail.Exception):
+        check(bad_flag)
+    bad_word = Command("x.md", 1, ("python", "-m", "tome_lab.ablate", "matchin=bipartite"), False)
+    with pytest.raises(pytest.fail.Exception):
+        check(bad_word)
+    missing = Command("x.md", 1, ("python", "benchmarks/r_sweep.py", "--json",
+                                  "benchmarks/none.json"), True)
+    with pytest.raises(AssertionError, match="does not exist"):
+        check(missing)
+    script_flag = Command("x.md", 1, ("python", "benchmarks/r_sweep.py", "--no-such"), False)
+    with pytest.raises(AssertionError, match="defines no --no-such"):
+        check(script_flag)
+
+
+# --------------------------------------------------------------------------- full tier
+
+def _subprocess_args(cmd: Command) -> list[str] | None:
+    args = _strip(cmd.argv)
+    if cmd.recorded or args[0] not in PYTHONS or args[1] != "-m":
+        return None
+    module = args[2].removeprefix("tome_lab.")
+    tail = _config_free(args[3:])
+    if module in ("evaluate", "train", "bench", "search", "ablate"):
+        return [sys.executable, "-m", args[2], *tail, "--print_config"]
+    return [sys.executable, "-m", args[2], "--help"]
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if _subprocess_args(c)], ids=str)
+def test_documented_command_runs_print_config(cmd):
+    proc = subprocess.run(_subprocess_args(cmd), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.full
+def test_docs_site_builds_strictly(tmp_path):
+    # mkdocs comes with the dev extra: a missing one fails here rather than skipping
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d",
+                           str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
