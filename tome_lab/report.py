@@ -36,7 +36,7 @@ from typing import Any
 from tome_lab.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ("README.md", "docs/*.md", "docs/**/*.md")
+PAGES = ("README.md", "docs/*.md", "docs/**/*.md", "benchmarks/tasks/*.md")
 TASK_FILES = ("benchmarks/tasks/*.jsonl", "benchmarks/*.jsonl")
 
 # <!-- report:NAME args --> ... <!-- /report:NAME -->
@@ -465,10 +465,10 @@ def checkpoints(ctx: Ctx, *names: str) -> str:
         top1 = d.get("top1_r0", d.get("top1"))
         size = (ctx.root / f"tome_lab/zoo/{name}.safetensors").stat().st_size / 1e6
         out.append([f"`{name}`", f"`{d.get('dataset', '')}`", r,
-                    f"{top1:.1f} ({n:,} images)" if n else f"{top1:.1f}",
+                    f"{top1:.1f} ({split}, {n:,} images)" if n else f"{top1:.1f} ({split})",
                     f"{d['val_top1']:.1f}" if d.get("val_top1") is not None else "-",
                     f"{d['wall_s'] / 60:.0f} min", f"{size:.1f} MB", ctx.link(rel)])
-    return _md(["checkpoint", "dataset", "r while training", f"top-1 at r = 0 ({split})",
+    return _md(["checkpoint", "dataset", "r while training", "top-1 at r = 0",
                 "val top-1", "training wall", "size", "record"], out)
 
 

@@ -6,7 +6,7 @@ knows files under ``docs/``, so this hook
 
 - copies every such target into the site under ``repo/`` and rewrites the link to the copy;
 - fails the build (a warning, which ``--strict`` turns into an error) when a target is missing;
-- expands ``<!-- include: PATH -->`` with the text of a repository file (its headings one level
+- expands ``<!-- include: PATH -->`` with the text of a repository file (its headings two levels
   down, its relative links rebased), or a note while the file does not exist yet.
 """
 
@@ -45,7 +45,8 @@ def _include(markdown: str, page_dir: Path, root: Path) -> str:
         src = root / m[1]
         if not src.is_file():
             return f"*`{m[1]}` is not written yet.*"
-        text = re.sub(r"^(#+) ", r"#\1 ", src.read_text(), flags=re.M)
+        # its headings two levels down: an included page sits under a "##" section
+        text = re.sub(r"^(#+) ", r"##\1 ", src.read_text(), flags=re.M)
 
         def rebase(k: re.Match) -> str:
             t = k[2]
