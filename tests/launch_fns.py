@@ -21,6 +21,13 @@ FN = "launch_fns:point_fn"
 @dataclass(frozen=True)
 class Model:
     checkpoint: str | None = None
+    name: str | None = None
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class Cfg:
     x: int
     mode: str = "ok"
     model: Model = Model()
+    data: Data = Data()
 
 
 @dataclass(frozen=True)
@@ -47,11 +55,12 @@ class TPoint:
         return f"x={self.config.x}-{self.key}"
 
 
-def points(*modes: str, checkpoint: str | None = None) -> list[TPoint]:
-    """One point per mode, x = 0, 1, 2, ..."""
+def points(*modes: str, checkpoint: str | None = None, model: str | None = None,
+           data: str | None = None) -> list[TPoint]:
+    """One point per mode, x = 0, 1, 2, ...; ``model`` names a pretrained model."""
     out = []
     for x, mode in enumerate(modes):
-        cfg = Cfg(x, mode, Model(checkpoint))
+        cfg = Cfg(x, mode, Model(checkpoint, model, model is not None), Data(data))
         out.append(TPoint(cfg, hashlib.sha1(repr(cfg).encode()).hexdigest()[:12]))
     return out
 

@@ -119,6 +119,75 @@ def test_identity_covers_point_function_and_checkpoint_content(tmp_path, control
     assert launch_fns.count(control, "started", 0) == 3
 
 
+# every zoo checkpoint that is a model's own pretrained weights (the *_tome16 files are
+# loaded by path, model.checkpoint, which test_identity_covers_... covers)
+ZOO_MODELS = sorted(p.stem for p in (ROOT / "tome_lab" / "zoo").glob("vit_*.safetensors")
+                    if "_tome" not in p.stem)
+
+
+def _point_weights_at(name: str, path: Path, monkeypatch) -> None:
+    """Makes the zoo model ``name`` load (and be digested) from ``path``."""
+    import timm
+
+    from tome_lab import models
+
+    if name == models.EMBEDDED:
+        monkeypatch.setattr(models, "ZOO_CHECKPOINT", path)
+    else:
+        from timm.models._registry import _model_pretrained_cfgs  # get_pretrained_cfg copies
+
+        cfg = _model_pretrained_cfgs[name]
+        monkeypatch.setattr(cfg, "file", str(path))
+
+
+def test_the_zoo_holds_the_embedded_models():
+    assert {"vit_digits", "vit_clutter", "vit_video_digits", "vit_audio_digits"} <= set(
+        ZOO_MODELS)
+
+
+@pytest.mark.parametrize("name", ZOO_MODELS)
+def test_every_zoo_models_weights_enter_the_identity(name, tmp_path, control, monkeypatch):
+    import timm
+
+    from tome_lab import models
+
+    models._register()
+    if not timm.is_model(name):
+        pytest.fail(f"zoo model {name} is not registered")
+    original = models.weights_file(launch_fns.Model(name=name, pretrained=True))
+    assert original is not None and original.is_file(), f"{name}: no committed weights"
+    copy = tmp_path / original.name
+    copy.write_bytes(original.read_bytes())
+    _point_weights_at(name, copy, monkeypatch)
+    pts = launch_fns.points("ok", model=name)
+    first = launch.run(pts, tmp_path / "s", FN, progress=False)[0]
+    assert first["identity"]["checkpoint"] == {"path": str(copy),
+                                               "sha256": results.file_digest(original)}
+    assert launch.run(pts, tmp_path / "s", FN, progress=False)[0]["ran"] is False
+    data = bytearray(copy.read_bytes())  # "retrained": the same file, one weight changed
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    again = launch.run(pts, tmp_path / "s", FN, progress=False)[0]
+    assert again["ran"] is True
+    assert launch_fns.count(control, "started", 0) == 2
+
+
+def test_a_changed_data_generator_is_not_the_same_result(tmp_path, control, monkeypatch):
+    from tome_lab.registry import DATASETS
+
+    pts = launch_fns.points("ok", data="clutter")
+    first = launch.run(pts, tmp_path / "s", FN, progress=False)[0]
+    version = first["identity"]["data"]["version"]
+    assert first["identity"]["data"] == {"name": "clutter", "version": version}
+    assert launch.run(pts, tmp_path / "s", FN, progress=False)[0]["ran"] is False
+    monkeypatch.setattr(DATASETS.get("clutter"), "version", version + "-changed")
+    assert launch.run(pts, tmp_path / "s", FN, progress=False)[0]["ran"] is True
+    # datasets that are files, not generators, carry no version (identities as before)
+    other = launch.run(launch_fns.points("ok", data="mnist5k"), tmp_path / "m", FN,
+                       progress=False)[0]
+    assert "data" not in other["identity"]
+
+
 def test_reuse_at_another_code_revision_says_so(tmp_path, control, capsys):
     pts = launch_fns.points("ok")
     rec = launch.run(pts, tmp_path / "s", FN, progress=False)[0]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +51,29 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 class DataError(ValueError):
     """Bad data input: a missing path, an empty folder, mismatched classes, a bad image."""
+
+
+def generator_version(version: int | str) -> Callable[[T], T]:
+    """Marks a procedural dataset plug-in with the version of its generator.
+
+    The version enters every result's identity (:func:`tome_lab.launch.identity`), so that a
+    changed generator under the same dataset name never reuses results drawn from the old one.
+    Bump it with any change to what the generator draws.
+    """
+
+    def deco(fn: T) -> T:
+        fn.version = str(version)  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+def data_version(name: str | None) -> str | None:
+    """The generator version of the dataset ``name`` (None: unknown name, or not procedural).
+    """
+    if not name or name not in DATASETS:
+        return None
+    return getattr(DATASETS.get(name), "version", None)
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None,

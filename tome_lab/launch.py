@@ -252,23 +252,21 @@ def resolve_fn(spec: str | PointFn) -> PointFn:
 
 
 def checkpoint_of(config: Any) -> Path | None:
-    """The weights file a configuration loads: ``model.checkpoint``, or the zoo's for
-    ``vit_digits`` with ``model.pretrained``; None when there is none (random weights, timm's
-    cache)."""
+    """The weights file a configuration loads, whatever the model: asked of the model factory
+    (:func:`tome_lab.models.weights_file`); None when there is none (random weights, or
+    pretrained weights that are not on this machine)."""
     model = getattr(config, "model", None)
-    path = getattr(model, "checkpoint", None)
-    if path:
-        return Path(path)
-    if getattr(model, "name", None) == "vit_digits" and getattr(model, "pretrained", False):
-        from tome_lab.models import ZOO_CHECKPOINT
+    if model is None:
+        return None
+    from tome_lab.models import weights_file
 
-        return Path(ZOO_CHECKPOINT)
-    return None
+    return weights_file(model)
 
 
 def identity(point: PointLike, fn_spec: str | PointFn,
              _digests: dict[Path, str | None] | None = None) -> dict[str, Any]:
-    """What decides a point's result: configuration hash, point function, checkpoint digest.
+    """What decides a point's result: configuration hash, point function, checkpoint digest,
+    and the generator version of a procedural dataset.
 
     Args:
         point: the point.
@@ -276,7 +274,9 @@ def identity(point: PointLike, fn_spec: str | PointFn,
         _digests: a cache of file digests shared across the points of a sweep.
 
     Returns:
-        ``{"config": key, "fn": spec, "checkpoint": {"path", "sha256"} | None}``.
+        ``{"config": key, "fn": spec, "checkpoint": {"path", "sha256"} | None}``, plus
+        ``"data": {"name", "version"}`` when the dataset declares a generator version
+        (:func:`tome_lab.data.generator_version`).
     """
     ckpt = checkpoint_of(point.config)
     entry = None
@@ -285,7 +285,15 @@ def identity(point: PointLike, fn_spec: str | PointFn,
         if ckpt not in cache:
             cache[ckpt] = results.file_digest(ckpt)
         entry = {"path": str(ckpt), "sha256": cache[ckpt]}
-    return {"config": point.key, "fn": fn_name(fn_spec), "checkpoint": entry}
+    ident: dict[str, Any] = {"config": point.key, "fn": fn_name(fn_spec), "checkpoint": entry}
+    data_name = getattr(getattr(point.config, "data", None), "name", None)
+    if data_name:
+        from tome_lab.data import data_version
+
+        version = data_version(data_name)
+        if version is not None:
+            ident["data"] = {"name": data_name, "version": version}
+    return ident
 
 
 def execute(point: PointLike, pdir: str | os.PathLike[str], fn_spec: str | PointFn,

@@ -215,13 +215,57 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
     return model
 
 
+def weights_file(cfg: Any) -> Path | None:
+    """The file a model configuration loads its weights from, for any model.
+
+    ``model.checkpoint`` when given; else, with ``pretrained``, the zoo file of the embedded
+    model, the local file that the pretrained config of a tome_lab task model names, or the
+    file in timm's cache for a hub model. None for random weights, or for pretrained weights
+    that are not on this machine (loading would fetch or fail; nothing to digest).
+
+    Args:
+        cfg: a :class:`tome_lab.config.ModelConfig` (or anything with ``name``,
+            ``checkpoint`` and ``pretrained``).
+    """
+    path = getattr(cfg, "checkpoint", None)
+    if path:
+        return Path(path)
+    name = getattr(cfg, "name", None)
+    if not name or not getattr(cfg, "pretrained", False):
+        return None
+    if name == EMBEDDED:
+        return ZOO_CHECKPOINT
+    import timm
+
+    _register()
+    if not timm.is_model(name):
+        return None
+    if _local_weights(name):
+        from timm.models import get_pretrained_cfg
+
+        return Path(get_pretrained_cfg(name).file)
+    return _cached_weights(name)
+
+
 # Where timm would fetch pretrained weights from, to decide whether it can run offline.
 _HUB_HOST = ("huggingface.co", 443)
 _PROBE_TIMEOUT_S = 3.0
 
 
 def _weights_cached(name: str) -> bool:
-    """Whether the file timm's loader would read for ``name`` is already on this machine.
+    """Whether the weights timm's loader would read for ``name`` are already on this machine
+    (a file in its cache, or a state dict held in the pretrained config itself)."""
+    from timm.models import get_pretrained_cfg
+    from timm.models._builder import _resolve_pretrained_source
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is not None and _resolve_pretrained_source(cfg.to_dict())[0] == "state_dict":
+        return True
+    return _cached_weights(name) is not None
+
+
+def _cached_weights(name: str) -> Path | None:
+    """The file timm's loader would read for ``name`` when it is already on this machine.
 
     Follows timm's own choice of source (``timm.models._builder._resolve_pretrained_source``):
     the Hugging Face hub when the config names a hub id, else the URL (torch hub cache), else
@@ -233,7 +277,7 @@ def _weights_cached(name: str) -> bool:
 
     cfg = get_pretrained_cfg(name)
     if cfg is None:
-        return False
+        return None
     source, loc = _resolve_pretrained_source(cfg.to_dict())
     if source == "hf-hub":
         from huggingface_hub import try_to_load_from_cache
@@ -243,13 +287,17 @@ def _weights_cached(name: str) -> bool:
         repo, revision = hf_split(repo)
         names = [fname] if fname else ["model.safetensors", "open_clip_model.safetensors",
                                        "pytorch_model.bin", "open_clip_pytorch_model.bin"]
-        return any(isinstance(try_to_load_from_cache(repo, f, revision=revision), str)
-                   for f in names)
+        for f in names:
+            hit = try_to_load_from_cache(repo, f, revision=revision)
+            if isinstance(hit, str):
+                return Path(hit)
+        return None
     if source == "url":
-        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(loc).name).is_file()
+        hit = Path(torch.hub.get_dir()) / "checkpoints" / Path(loc).name
+        return hit if hit.is_file() else None
     if source in ("file", "local-dir"):
-        return bool(loc) and Path(loc).exists()
-    return source == "state_dict"
+        return Path(loc) if loc and Path(loc).exists() else None
+    return None
 
 
 def _local_weights(name: str) -> bool:

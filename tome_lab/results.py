@@ -255,13 +255,14 @@ def same_identity(record: Mapping[str, Any], ident: Mapping[str, Any]) -> bool:
     """Whether a finished record was made from the same inputs as ``ident`` says.
 
     The identity (see :func:`tome_lab.launch.identity`) is the configuration hash, the point
-    function and the checkpoint's path and content digest; the code revision is not part of it
-    (results are reused across revisions, and the launcher says so). A record without an
-    identity (written before it was recorded) is never the same.
+    function, the checkpoint's path and content digest and a procedural dataset's generator
+    version; the code revision is not part of it (results are reused across revisions, and the
+    launcher says so). A record without an identity (written before it was recorded) is never
+    the same.
     """
     old = record.get("identity")
     return isinstance(old, Mapping) and all(old.get(k) == ident.get(k)
-                                            for k in ("config", "fn", "checkpoint"))
+                                            for k in ("config", "fn", "checkpoint", "data"))
 
 
 def _version(package: str) -> str | None:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
-from tome_lab.data import _check_classes, _mnist_arrays, _to_model_input
+from tome_lab.data import _check_classes, _mnist_arrays, _to_model_input, generator_version
 from tome_lab.models import ConvStem, finish_zoo_model, register_once
 from tome_lab.registry import DATASETS
 
@@ -139,6 +139,7 @@ def _generate(split: str) -> ClutterSplit:
 
 
 @DATASETS.register("clutter", "cluttered_mnist")
+@generator_version(1)
 def clutter(cfg: DataConfig, model: nn.Module) -> Dataset:
     """A cluttered-digit split (``train`` 8,000 / ``val`` 1,000 / ``test`` 2,000 images)."""
     s = generate(cfg.split)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
-from tome_lab.data import DataError, _check_classes, _mnist_arrays
+from tome_lab.data import DataError, _check_classes, _mnist_arrays, generator_version
 from tome_lab.models import finish_zoo_model, register_once
 from tome_lab.registry import DATASETS
 
@@ -125,6 +125,7 @@ def _generate(split: str) -> Clips:
 
 
 @DATASETS.register("moving_digits", "video_digits")
+@generator_version(1)
 def moving_digits(cfg: DataConfig, model: nn.Module) -> Dataset:
     """Clips [1, 8, 32, 32] labelled by direction (``train`` 6,000 / ``val`` 500 /
     ``test`` 1,000), normalised with the model's mean and std."""

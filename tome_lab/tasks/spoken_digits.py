@@ -59,7 +59,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
-from tome_lab.data import DataError, _check_classes, model_data_config
+from tome_lab.data import DataError, _check_classes, generator_version, model_data_config
 from tome_lab.registry import DATASETS
 
 SEED = 13  # fixes the voice pools, every speaker's setting and every clip's draws
@@ -397,7 +397,7 @@ def spoken_digits(cfg: DataConfig, model: nn.Module) -> Dataset:
 
 
 if __name__ != "__main__":  # ``python -m`` runs this file twice: as itself and as __main__
-    DATASETS.register("spoken_digits", "speech_digits")(spoken_digits)
+    DATASETS.register("spoken_digits", "speech_digits")(generator_version(1)(spoken_digits))
 
 
 def feature_stats(s: SpokenSplit) -> tuple[float, float]:
