@@ -237,7 +237,8 @@ def batch1_targets(ctx: Ctx, *files: str) -> str:
     out = []
     for f in files:
         d = ctx.json(f)
-        cells = [ctx.link(f, Path(f).stem.replace("batch_sizes_deit_s_cpu_", "")),
+        cells = [ctx.link(f, Path(f).stem.replace("batch_sizes_deit_s_cpu", "").strip("_")
+                          or "batch sizes 1-128"),
                  d["compile_mode"] + (" + freezing" if d.get("freezing") else "")]
         for c in cols:
             row = _variant(d, 1, c)
