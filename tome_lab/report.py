@@ -431,8 +431,10 @@ def _kind(rows: list[dict]) -> str:
 
 @TABLES.register("task-index")
 def task_index(ctx: Ctx) -> str:
-    """Every ``benchmarks/tasks/*.jsonl`` (and ``benchmarks/*.jsonl``), found by globbing, so a
-    new task's files appear here without editing this script."""
+    """Every task result file (``benchmarks/tasks/*.jsonl``, ``benchmarks/*.jsonl``), by glob.
+
+    A new task's files appear here without editing this script.
+    """
     out = []
     for rel in task_files(ctx.root):
         rows = ctx.jsonl(rel)
@@ -504,7 +506,8 @@ def headlines(ctx: Ctx) -> str:
          f"beats constant/decreasing r in {c['wins']} of {c['distinct']} budget comparisons "
          f"(test, paired 95%)", ctx.link("benchmarks/search_bench144.json")],
         ["decreasing schedule vs constant r = 19, `vit_clutter`, equal GFLOPs",
-         f"{-lin['diff']:+.1f} points top-1 [{-lin['diff_high']:+.1f}, {-lin['diff_low']:+.1f}]",
+         f"{-lin['diff']:+.1f} points top-1 [{-lin['diff_high']:+.1f}, {-lin['diff_low']:+.1f}] "
+         f"(paired 95%)",
          ctx.link("benchmarks/tasks/clutter_r19_schedule.jsonl")],
         ["spectrogram ViT off the shelf, r = 16",
          f"top-1 {a16['off_the_shelf']['top1']:.1f} vs {a0['top1']:.1f} unmerged at "
