@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test install lint bench clean
+.PHONY: test-all durations
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -19,8 +20,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m tome_lab.ablate matching=bipartite,pruning
 
+# The fast tier (tiny models, eager backend; minutes on a 2-core CPU); test-all adds the tests
+# marked `full` (notebooks, inductor, fvcore, trainings, zoo reproductions, espeak-ng, Slurm)
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not full"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# benchmarks/test_durations_{fast,full}.txt: the 25 slowest tests and the wall time of each tier
+durations: $(STAMP)
+	tests/durations.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check tome_lab tests benchmarks ablations launch analysis

@@ -1,6 +1,18 @@
-"""Shared fixtures: small, randomly initialised timm ViTs so the suite runs on a CPU."""
+"""Shared fixtures: small, randomly initialised timm ViTs so the suite runs on a CPU.
+
+The suite has two tiers (the rule for new tests is in tests/README.md):
+
+- fast, ``make test`` (``pytest -m "not full"``): tiny models and the eager backend, every
+  module covered, a few minutes on a 2-core CPU;
+- full, ``make test-all`` and ``.ci/run`` (plain ``pytest``): everything, including the tests
+  marked ``@pytest.mark.full``: notebooks, Slurm, inductor compiles, fvcore traces, trainings,
+  checkpoint reproductions, espeak-ng synthesis, model-family x zoo matrices.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import timm
@@ -13,6 +25,26 @@ def tiny_vit(name: str = "deit_tiny_patch16_224", **kw):
     defaults.update(kw)
     torch.manual_seed(0)
     return timm.create_model(name, pretrained=False, **defaults).eval()
+
+
+# A recorded top-1 is reproduced to within this many test images: exact equality breaks across
+# BLAS builds and thread counts, where a near-tie between two logits can flip an image.
+TOP1_IMAGES = 2
+
+
+def assert_top1_reproduces(got: Mapping[str, Any], record: Mapping[str, Any], name: str,
+                           images: int = TOP1_IMAGES) -> None:
+    """Regression check of a committed checkpoint: the test top-1 measured now (``got``, an
+    evaluation result) is within ``images`` test images of the one recorded beside the
+    checkpoint (``record``, its zoo JSON)."""
+    n = got["n_images"]
+    assert n == record["splits"]["test"], f"{name}: scored {n} images, recorded on " \
+                                          f"{record['splits']['test']}"
+    off = round((got["top1"] - record["top1"]) * n / 100)  # in images
+    assert abs(off) <= images, (
+        f"regression: {name} now scores {got['top1']:.2f}% top-1 on its {n} test images, "
+        f"{off:+d} images from the {record['top1']:.2f}% recorded in its zoo JSON "
+        f"(tolerance: {images} images)")
 
 
 @pytest.fixture(autouse=True)

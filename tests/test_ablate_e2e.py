@@ -22,7 +22,7 @@ from tome_lab.ablate import main
 SMALL = ["limit=16", "batch_size=16", "speed=false"]
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_real_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "sweep"
@@ -47,7 +47,7 @@ def _results(folder):
     return {p.parent.name: p.read_text() for p in folder.glob("*/result.json")}
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_killed_sweep_reruns_each_point_exactly_once(tmp_path):
     out = tmp_path / "killed"
     n = 4

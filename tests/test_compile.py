@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from conftest import tiny_vit
@@ -49,7 +51,71 @@ def test_knobs_trace_in_one_graph(options):
     _compiled_equals_eager(m, torch.randn(2, 3, 64, 64))
 
 
-@pytest.mark.slow
+# Inductor (the real compiler) for every plug-in of every registry, full tier: each compile is
+# tens of seconds on a CPU. Each case compiles several plug-ins at once; the fast test below
+# checks that together they name every registered one (and every distance and head_agg).
+INDUCTOR_CASES = [
+    dict(matching="bipartite"),  # the defaults: constant, k, wavg, alternate, proportional
+    dict(matching="bipartite", partition="halves", feature="q", combine="mean",
+         schedule="decreasing"),
+    dict(matching="bipartite", partition="random", feature="v", combine="max",
+         schedule="increasing", distance="dot"),
+    dict(matching="greedy", feature="x", combine="keep", head_agg="concat",
+         schedule="linear", start=4, end=1),
+    dict(matching="kmeans", schedule="list", r=[4, 2]),
+    dict(matching="kth_bipartite", distance="euclidean"),
+    dict(matching="none"),
+    dict(matching="pruning", schedule="flops", gflops=0.0025),
+    dict(matching="random"),
+    dict(matching="random_bipartite"),
+    dict(matching="truncate", prop_attn=False),
+]
+
+
+def _case_id(case):
+    return ",".join(f"{k}={v}" for k, v in case.items())
+
+
+def _plugins(case):
+    """The registered plug-ins a case runs: {kind: name}, the knobs its matcher uses only."""
+    cfg = tome_lab.tome_state(tome_lab.apply_tome(tiny_vit(depth=2), **{"r": 3, **case})).config
+    uses = MATCHING.get(cfg.matching).uses
+    return {"matching": cfg.matching, "schedule": cfg.schedule, "attention": cfg.attention,
+            **({"feature": cfg.feature, "distance": cfg.distance, "head_agg": cfg.head_agg}
+               if "metric" in uses else {}),
+            **({"combine": cfg.combine} if "combine" in uses else {}),
+            **({"partition": cfg.partition} if "partition" in uses else {})}
+
+
+def test_inductor_cases_cover_every_plugin():
+    """A plug-in registered tomorrow fails here until an inductor case compiles it."""
+    from tome_lab.registry import ATTENTION, COMBINE, FEATURES, PARTITIONS
+
+    used = collections.defaultdict(set)
+    for case in INDUCTOR_CASES:
+        for kind, name in _plugins(case).items():
+            used[kind].add(name)
+    want = {"matching": MATCHING, "schedule": SCHEDULES, "attention": ATTENTION,
+            "feature": FEATURES, "combine": COMBINE, "partition": PARTITIONS}
+    for kind, registry in want.items():
+        assert used[kind] == set(registry.names()), kind
+    assert used["distance"] == {"cosine", "dot", "euclidean"}
+    assert used["head_agg"] == {"mean", "concat"}
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("case", INDUCTOR_CASES, ids=_case_id)
+def test_inductor_compiled_equals_eager_for_every_plugin(case):
+    """fallback_random: inductor draws random numbers as eager does (random partitions and
+    matchers), so both runs see the same draws."""
+    kw = {"r": 3, **case}
+    m = tome_lab.apply_tome(tiny_vit(depth=2), **kw)  # 2 blocks: every block merges
+    assert sum(tome_lab.tome_state(m).r) > 0 or case["matching"] == "none"
+    with torch._inductor.config.patch(fallback_random=True):
+        _compiled_equals_eager(m, torch.randn(2, 3, 64, 64), backend="inductor")
+
+
+@pytest.mark.full
 def test_inductor_compiled_deit_tiny_equals_eager():
     """The real compiler (inductor) on a random-initialised DeiT-T, 96 px to stay fast."""
     m = tome_lab.apply_tome(tiny_vit(img_size=96, depth=12, embed_dim=192, num_heads=3), r=4)
@@ -86,7 +152,7 @@ def test_compile_model_refuses_inductor_options_on_other_backends():
         compile_model(tiny_vit(), backend="eager", freezing=True)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_inductor_freezing_equals_eager_and_freezes_the_weights():
     """Freezing folds the weights in as constants: the compiled model computes what the eager
     one does, and a weight changed afterwards is not seen (as ``compile_model``'s docstring

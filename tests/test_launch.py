@@ -279,13 +279,13 @@ def _sigkill_worker(control):
     return kill
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_local_failures_are_isolated_reported_and_relaunch_completes(tmp_path, control):
     cfg = LaunchConfig(launcher="local", parallel=2, wait=False, poll_s=0.5)
     launch_fns.failure_scenario(tmp_path, cfg, _sigkill_worker(control))
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_local_timeout_requeues_and_finishes(tmp_path, control):
     # a 60 s limit, SIGUSR2 30 s before it (the job's handler is in place by then, even on a
     # loaded machine): the hanging first attempt requeues at ~30 s, the second finishes
@@ -293,7 +293,7 @@ def test_local_timeout_requeues_and_finishes(tmp_path, control):
     launch_fns.timeout_scenario(tmp_path, cfg)
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_local_preempted_job_requeues_and_finishes(tmp_path, control):
     # SIGUSR2 before the time limit is how submitit learns of a pre-emption
     cfg = LaunchConfig(launcher="local", wait=False, poll_s=0.5)
@@ -309,7 +309,7 @@ def test_local_preempted_job_requeues_and_finishes(tmp_path, control):
     assert launch_fns.count(control, "finished", 0) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_relaunch_does_not_resubmit_points_held_by_a_live_job(tmp_path, control):
     folder = tmp_path / "s"
     pts = launch_fns.points("ok", "ok")

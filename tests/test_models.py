@@ -46,8 +46,7 @@ def test_conv_stem_tokens(model):
     assert model.patch_embed(torch.randn(3, 1, 32, 32)).shape == (3, 64, 128)
 
 
-@pytest.mark.skipif(not ZOO_CHECKPOINT.is_file(), reason="zoo checkpoint not trained yet")
-def test_default_loads_the_zoo_checkpoint():
+def test_default_loads_the_zoo_checkpoint():  # a missing zoo file fails here
     from safetensors.torch import load_file
 
     m = create_model()

@@ -36,7 +36,7 @@ def test_committed_notebook_has_no_outputs(name):
             assert cell.outputs == [] and cell.execution_count is None, "strip the outputs"
 
 
-@pytest.mark.slow
+@pytest.mark.full
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_executes(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TOME_LAB_SMOKE", "1")

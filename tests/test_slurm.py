@@ -25,7 +25,7 @@ if shutil.which("sbatch") is None:
     pytest.skip("no Slurm here (sbatch missing); start one with launch/slurm-local.sh as root",
                 allow_module_level=True)
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.full
 
 
 @pytest.fixture

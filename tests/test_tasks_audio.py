@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 
 import numpy as np
 import pytest
 import timm
 import torch
+from conftest import assert_top1_reproduces
 
 import tome_lab
 from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
 from tome_lab.data import DataError, build_dataset
 from tome_lab.tasks import spoken_digits as sd
 
-HAVE_ESPEAK = shutil.which("espeak-ng") is not None
-needs_espeak = pytest.mark.skipif(
-    not HAVE_ESPEAK, reason="espeak-ng is not installed (apt-get install espeak-ng): synthesis "
-                            "cannot run; the committed test split still covers the rest")
+REQUIRE_ESPEAK = "TOME_LAB_REQUIRE_ESPEAK"  # set to 1 by .ci/run: a missing espeak-ng fails
+
+
+@pytest.fixture
+def espeak():
+    """espeak-ng's path; skips without it, or fails where $TOME_LAB_REQUIRE_ESPEAK is 1."""
+    try:
+        return sd.espeak_binary()
+    except sd.EspeakNotFound as err:
+        if os.environ.get(REQUIRE_ESPEAK) == "1":
+            pytest.fail(f"{REQUIRE_ESPEAK}=1 but espeak-ng is missing: install it with "
+                        f".ci/espeak-ng.sh as root ({err})")
+        pytest.skip("espeak-ng is not installed (.ci/espeak-ng.sh): synthesis cannot run; the "
+                    "committed test split still covers the rest")
 
 
 def _model(**kw):
@@ -32,7 +43,8 @@ def _committed():
 # ---- synthesis and features ------------------------------------------------------------------
 
 
-@needs_espeak
+@pytest.mark.full
+@pytest.mark.usefixtures("espeak")
 def test_generation_is_deterministic_and_reproduces_the_committed_test_split():
     idx = [0, 13, 587, 999]  # first speaker, a middle one, the last clip
     a = sd.generate("test", indices=idx, workers=2)
@@ -44,7 +56,8 @@ def test_generation_is_deterministic_and_reproduces_the_committed_test_split():
     assert a.labels.tolist() == [0, 3, 7, 9] and a.speakers.tolist() == [0, 1, 58, 99]
 
 
-@needs_espeak
+@pytest.mark.full
+@pytest.mark.usefixtures("espeak")
 def test_synthesis_follows_the_voice_setting():
     spk = sd.speakers("train")[0]
     slow = sd.synthesize(spk._replace(rate=120), "seven")
@@ -287,7 +300,7 @@ def test_pretrained_without_checkpoint_says_how_to_train(monkeypatch, tmp_path):
         timm.create_model("vit_audio_digits", pretrained=True)
 
 
-@pytest.mark.slow
+@pytest.mark.full  # 1,000 clips through each full-size model
 @pytest.mark.parametrize("name", ["vit_audio_digits", "vit_audio_digits_tome16"])
 def test_committed_checkpoints_reproduce_their_recorded_test_top1(name):
     import json
@@ -302,7 +315,7 @@ def test_committed_checkpoints_reproduce_their_recorded_test_top1(name):
         model=ModelConfig(name="vit_audio_digits", checkpoint=str(zoo / f"{name}.safetensors")),
         data=DataConfig(name="spoken_digits", batch_size=250),
         tome=ToMeConfig(r=r), eval=EvalConfig(speed=False, threads=2)))
-    assert out["top1"] == pytest.approx(rec["top1"], abs=1e-9)
+    assert_top1_reproduces(out, rec, name)
     if r == 0:  # the off-the-shelf model also loads as the zoo default
         m = timm.create_model("vit_audio_digits", pretrained=True)
         x = torch.from_numpy(_committed().features[:4].astype(np.float32))[:, None]
