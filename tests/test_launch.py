@@ -127,7 +127,6 @@ ZOO_MODELS = sorted(p.stem for p in (ROOT / "tome_lab" / "zoo").glob("vit_*.safe
 
 def _point_weights_at(name: str, path: Path, monkeypatch) -> None:
     """Makes the zoo model ``name`` load (and be digested) from ``path``."""
-    import timm
 
     from tome_lab import models
 

@@ -261,6 +261,45 @@ def test_a_resumed_study_must_keep_its_objectives(tmp_path):
         create_study(EXP, replace(scfg, gflops_budget=0.05))
 
 
+@pytest.mark.parametrize("change, field", [
+    (lambda e, s: (e, replace(s, fn=SLOW)), "search"),
+    (lambda e, s: (replace(e, tome=replace(e.tome, prop_attn=False)), s), "tome"),
+    (lambda e, s: (replace(e, tome=replace(e.tome, combine="mean")), s), "tome"),
+    (lambda e, s: (replace(e, eval=replace(e.eval, dtype="bf16")), s), "eval"),
+    (lambda e, s: (replace(e, data=replace(e.data, limit=16)), s), "data"),
+    (lambda e, s: (replace(e, data=replace(e.data, name="digits")), s), "data"),
+    (lambda e, s: (replace(e, seed=1), s), "seed"),
+])
+def test_a_resumed_study_refuses_anything_that_decides_a_trial(change, field, tmp_path, spec):
+    scfg = _scfg(tmp_path, trials=2, baselines=False)
+    create_study(EXP, scfg, spec)
+    exp2, scfg2 = change(EXP, scfg)
+    with pytest.raises(ValueError, match=f"other settings \\({field}: .*new --search.name"):
+        create_study(exp2, replace(scfg2, name="t"), spec)
+
+
+def test_a_resumed_study_refuses_retrained_weights_and_a_new_generator(tmp_path, spec,
+                                                                        monkeypatch):
+    from tome_lab.registry import DATASETS
+
+    ckpt = tmp_path / "w.safetensors"
+    ckpt.write_bytes(b"v1")
+    exp = replace(EXP, model=replace(EXP.model, checkpoint=str(ckpt)))
+    scfg = _scfg(tmp_path, trials=2, baselines=False)
+    create_study(exp, scfg, spec)
+    create_study(exp, replace(scfg, trials=9), spec)  # more trials, same study
+    ckpt.write_bytes(b"v2")
+    with pytest.raises(ValueError, match="weights: "):
+        create_study(exp, scfg, spec)
+    exp = replace(EXP, data=replace(EXP.data, name="clutter"))
+    scfg = _scfg(tmp_path, name="c", trials=2, baselines=False)
+    create_study(exp, scfg, spec)
+    create_study(replace(exp, data=replace(exp.data, batch_size=7)), scfg, spec)  # loader only
+    monkeypatch.setattr(DATASETS.get("clutter"), "version", "changed")
+    with pytest.raises(ValueError, match="data_version: "):
+        create_study(exp, scfg, spec)
+
+
 def test_a_failing_trial_is_recorded_and_counts(tmp_path):
     scfg = _scfg(tmp_path, trials=3, baselines=False, fn="test_search:no_such_fn")
     create_study(EXP, scfg)

@@ -302,8 +302,8 @@ def create_study(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec | None
     configuration as study attributes.
 
     Raises:
-        ValueError: an existing study of that name was made with other objectives, budget,
-            knobs or split.
+        ValueError: an existing study of that name was made with other settings
+            (:func:`study_identity`), named in the message.
     """
     import optuna
 
@@ -313,8 +313,7 @@ def create_study(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec | None
     storage = open_storage(storage_spec(scfg, name))
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                 directions=scfg.directions, sampler=_sampler(scfg, 0))
-    ident = {"search": scfg.identity(), "model": exp.model.name, "data": exp.data.name,
-             "depth": spec.depth, "num_tokens": spec.num_tokens}
+    ident = study_identity(exp, scfg, spec)
     old = study.user_attrs.get("identity")
     if old is None:
         study.set_user_attr("identity", ident)
@@ -326,10 +325,40 @@ def create_study(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec | None
                 study.enqueue_trial(params, user_attrs={"baseline": label},
                                     skip_if_exists=True)
     elif old != ident:
+        changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+        diff = "; ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" for k in changed)
         raise ValueError(
-            f"study {name!r} in {storage_spec(scfg, name)} was made with {old}, not {ident}; "
-            f"resume it with the same settings or give a new --search.name")
+            f"study {name!r} in {storage_spec(scfg, name)} was made with other settings "
+            f"({diff}); its trials would not be comparable. Resume it with the same settings "
+            f"or give a new --search.name")
     return study
+
+
+# Loader settings that never change a trial's result.
+_DATA_LOADING = ("split", "batch_size", "num_workers", "pin_memory")
+
+
+def study_identity(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec) -> dict[str, Any]:
+    """Everything that decides a trial's result; a resumed study must agree on all of it.
+
+    The search's own fields (objectives, budget, knobs, the split trials are scored on, the
+    point function), the model and the digest of its weights file, the data and its generator
+    version, the base ToMe settings (all but ``r`` and ``schedule``, which each trial sets),
+    the evaluation settings and the seed; ``depth`` and ``num_tokens`` pin the search space.
+    Loader settings and ``search.trials`` may change between runs.
+    """
+    from tome_lab.data import data_version
+    from tome_lab.models import weights_file
+
+    ckpt = weights_file(exp.model)
+    weights = None if ckpt is None else {"path": str(ckpt),
+                                         "sha256": results.file_digest(ckpt)}
+    data = {k: v for k, v in to_dict(exp.data).items() if k not in _DATA_LOADING}
+    tome = {k: v for k, v in to_dict(exp.tome).items() if k not in ("r", "schedule")}
+    return {"search": scfg.identity() | {"fn": scfg.fn}, "model": to_dict(exp.model),
+            "weights": weights, "data": data, "data_version": data_version(exp.data.name),
+            "tome": _plain(tome), "eval": _plain(to_dict(exp.eval)), "seed": exp.seed,
+            "depth": spec.depth, "num_tokens": spec.num_tokens}
 
 
 def _exp_dict(exp: ExperimentConfig) -> dict[str, Any]:
