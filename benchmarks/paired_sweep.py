@@ -57,12 +57,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=ModelConfig.name, help="model name (vit_digits)")
     ap.add_argument("--data", default=DataConfig.name, help="dataset name (mnist5k)")
+    ap.add_argument("--checkpoint", help="weights file (default: the model's zoo checkpoint)")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test"),
+                    help="split to score (val: for choices made before the test split)")
     ap.add_argument("--json", help="also write one JSON line per setting to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base = create_model(ModelConfig(name=args.model)).eval()
+    base = create_model(ModelConfig(name=args.model, checkpoint=args.checkpoint)).eval()
     input_size = tuple(model_data_config(base)["input_size"])  # as tome_lab.evaluate
-    loader = None if args.gflops_only else build_loader(DataConfig(name=args.data), base)
+    loader = None if args.gflops_only else build_loader(
+        DataConfig(name=args.data, split=args.split), base)
     hits, rows = {}, []
     for words in args.settings:
         torch.manual_seed(0)
@@ -77,6 +81,8 @@ def main() -> None:
         print(f"{words}: top-1 {ci.estimate:.1f} [{ci.low:.1f}, {ci.high:.1f}] on {len(h)} "
               f"images, {gflops:.4f} GFLOPs")
         rows.append({"setting": words, "model": args.model, "data": args.data,
+                     **({"checkpoint": args.checkpoint} if args.checkpoint else {}),
+                     **({"split": args.split} if args.split != "test" else {}),
                      "n_images": len(h), "top1": ci.estimate, "low": ci.low, "high": ci.high,
                      "gflops": gflops})
     ref = args.settings[0]

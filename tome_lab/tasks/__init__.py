@@ -8,6 +8,8 @@ on import; importing this package imports them all (``tome_lab.data`` and
   DeiT's count at 224 px with 16 px patches.
 - ``spoken_digits`` / ``vit_audio_digits``: spoken digits synthesised with espeak-ng as log-mel
   spectrograms; 128 time-frequency patch tokens, the AudioMAE layout.
+- ``dots`` / ``vit_dots``: count the red dots among distractor dots on a 56x56 RGB canvas
+  (procedural, no MNIST); 196 patch tokens, and the answer is how many patches carry a dot.
 """
 
 from __future__ import annotations
