@@ -223,6 +223,60 @@ def test_budget_is_a_constraint_and_only_feasible_trials_are_reported(tmp_path, 
     assert {t.number for t in study.best_trials} <= {t.number for t in under}
 
 
+def test_the_gflops_objective_is_the_chosen_plug_ins_cost(tmp_path, spec):
+    from tome_lab.patch import config_spec
+
+    budget = 0.08
+    scfg = _scfg(tmp_path, trials=12, sampler="random", baselines=True, gflops_budget=budget,
+                 knobs={"feature": ["k", "x"], "matching": ["bipartite", "kth_bipartite"]})
+    summary = search(EXP, scfg)
+    df = _records(scfg)
+    assert set(df["tome.feature"]) == {"k", "x"}
+    dearer = 0
+    for _, row in df.iterrows():
+        r = tuple(row["tome.r"])
+        tome = replace(EXP.tome, r=r, schedule="list", feature=row["tome.feature"],
+                       matching=row["tome.matching"])
+        want = analytic_gflops(config_spec(spec, tome), r)
+        assert row["objective.gflops"] == pytest.approx(want)
+        assert row["feasible"] == (want <= budget)
+        dearer += want > analytic_gflops(spec, r) + 1e-9
+    assert dearer > 0  # the x feature matches on 128 channels, not head_dim 32: it costs more
+    for p in summary["pareto"] + summary["baselines"]:
+        tome = replace(EXP.tome, r=tuple(p["schedule"]), schedule="list", feature=p["feature"],
+                       matching=p["matching"])
+        assert p["gflops"] == pytest.approx(analytic_gflops(config_spec(spec, tome),
+                                                            p["schedule"]))
+
+
+def test_test_rescores_are_reused_only_for_the_same_identity(tmp_path, monkeypatch):
+    import json
+
+    from tome_lab import models
+    from tome_lab.search import finish
+
+    copy = tmp_path / "w.safetensors"
+    copy.write_bytes(models.ZOO_CHECKPOINT.read_bytes())
+    monkeypatch.setattr(models, "ZOO_CHECKPOINT", copy)
+    scfg = _scfg(tmp_path, trials=2, sampler="random", baselines=False)
+    search(EXP, scfg)
+
+    def digests():
+        files = sorted((Path(scfg.out) / f"{scfg.study_name(EXP)}-test").glob("*/result.json"))
+        assert files
+        recs = [json.loads(f.read_text()) for f in files]
+        return {r["identity"]["checkpoint"]["sha256"] for r in recs}, [f.stat().st_mtime_ns
+                                                                       for f in files]
+
+    first, mtimes = digests()
+    assert first == {results.file_digest(copy)}
+    finish(EXP, scfg)
+    assert digests() == (first, mtimes)  # same identity: reused, not rewritten
+    copy.write_bytes(copy.read_bytes()[:-1] + b"x")  # retrained weights, same config hash
+    finish(EXP, scfg)
+    assert digests()[0] == {results.file_digest(copy)} != first  # every re-score ran again
+
+
 def test_knobs_are_searched_and_reach_the_point_function(tmp_path):
     scfg = _scfg(tmp_path, trials=20, sampler="random", knobs={"prop_attn": [True, False]})
     summary = search(EXP, scfg)

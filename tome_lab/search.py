@@ -389,6 +389,22 @@ def trial_config(exp: ExperimentConfig, r: Sequence[int], knobs: Mapping[str, An
     return replace(exp, tome=tome, data=replace(exp.data, split=split))
 
 
+def trial_gflops(spec: ViTSpec, cfg: ExperimentConfig) -> float:
+    """The analytic GFLOPs of a trial's configuration, with what its own plug-ins cost
+    (matcher, similarity feature, head aggregation, partition), not the default matcher's."""
+    from tome_lab.patch import config_spec
+
+    return analytic_gflops(config_spec(spec, cfg.tome), cfg.tome.r)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A test re-score as the launcher's identity sees a point."""
+
+    config: ExperimentConfig
+    key: str
+
+
 def _heartbeat_value() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
 
@@ -566,10 +582,10 @@ def run_trial(study: Any, exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSp
         r = suggest_schedule(trial, spec)
         knobs = {k: trial.suggest_categorical(k, list(c)) for k, c in scfg.knobs.items()}
         r_eff = effective(spec, r)
-        gflops = analytic_gflops(spec, r_eff)
+        cfg = trial_config(exp, r_eff, knobs, scfg.split)
+        gflops = trial_gflops(spec, cfg)
         if scfg.gflops_budget is not None:
             trial.set_constraint("gflops", gflops - scfg.gflops_budget)
-        cfg = trial_config(exp, r_eff, knobs, scfg.split)
         t0 = time.perf_counter()
         try:
             out = dict(fn(cfg))
@@ -808,18 +824,22 @@ def _score_test(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec, label:
                 r: Sequence[int], knobs: Mapping[str, Any], fn: PointFn, folder: Path,
                 extra: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluates one schedule on the test split, once (a finished record is reused)."""
+    from tome_lab.launch import identity
+
     cfg = trial_config(exp, r, knobs, scfg.test_split)
     key = config_hash(cfg)
     pdir = folder / f"{label}-{key}"
+    ident = identity(_Scored(cfg, key), scfg.fn)
     old = results.read_result(pdir)
-    if old is not None and old.get("status") == "ok":
+    if old is not None and old.get("status") == "ok" and results.same_identity(old, ident):
         return old["metrics"]
     config = to_dict(cfg)
     t0, started = time.perf_counter(), results.now()
     metrics = dict(fn(cfg))
     metrics.update({"gflops_fvcore": metrics.get("gflops"),
-                    "gflops": analytic_gflops(spec, r), "schedule": list(r), **extra})
+                    "gflops": trial_gflops(spec, cfg), "schedule": list(r), **extra})
     record = {"schema": results.SCHEMA, "status": "ok", "key": key, "name": label,
+              "identity": ident,
               "overrides": {"tome.r": list(r)}, "config": config, "metrics": metrics,
               "error": None, "env": results.environment(cfg.eval.device, cfg.eval.dtype),
               "started": started, "finished": results.now(),
@@ -856,7 +876,7 @@ def finish(exp: ExperimentConfig, scfg: SearchConfig, fn: PointFn | None = None,
         r = trial_schedule(spec, t)
         knobs = trial_knobs(scfg, t)
         out = {"label": label, "trial": t.number, "schedule": r, **knobs,
-               "gflops": analytic_gflops(spec, r),
+               "gflops": trial_gflops(spec, trial_config(exp, r, knobs, scfg.split)),
                f"top1_{scfg.split}": t.values[top] if top is not None else None,
                "feasible": feasible(t)}
         if test:
