@@ -466,11 +466,13 @@ def checkpoints(ctx: Ctx, *names: str) -> str:
         split = d.get("split", "test")
         n = d.get("splits", {}).get(split, "")
         top1 = d.get("top1_r0", d.get("top1"))
-        size = (ctx.root / f"tome_lab/zoo/{name}.safetensors").stat().st_size / 1e6
+        weights = ctx.root / f"tome_lab/zoo/{name}.safetensors"
+        size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights.is_file() else "-"
         out.append([f"`{name}`", f"`{d.get('dataset', '')}`", r,
                     f"{top1:.1f} ({split}, {n:,} images)" if n else f"{top1:.1f} ({split})",
                     f"{d['val_top1']:.1f}" if d.get("val_top1") is not None else "-",
-                    f"{d['wall_s'] / 60:.0f} min", f"{size:.1f} MB", ctx.link(rel)])
+                    f"{d['wall_s'] / 60:.0f} min" if d.get("wall_s") else "-", size,
+                    ctx.link(rel)])
     return _md(["checkpoint", "dataset", "r while training", "top-1 at r = 0",
                 "val top-1", "training wall", "size", "record"], out)
 
