@@ -469,6 +469,7 @@ def checkpoints(ctx: Ctx, *names: str) -> str:
         weights = ctx.root / f"tome_lab/zoo/{name}.safetensors"
         size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights.is_file() else "-"
         out.append([f"`{name}`", f"`{d.get('dataset', '')}`", r,
+                    "-" if top1 is None else
                     f"{top1:.1f} ({split}, {n:,} images)" if n else f"{top1:.1f} ({split})",
                     f"{d['val_top1']:.1f}" if d.get("val_top1") is not None else "-",
                     f"{d['wall_s'] / 60:.0f} min" if d.get("wall_s") else "-", size,
