@@ -30,8 +30,10 @@ from tome_lab.search import (
     baselines,
     budget_used,
     create_study,
+    decode,
     dominates,
     effective,
+    encode,
     hypervolume,
     is_stale,
     model_spec,
@@ -39,7 +41,10 @@ from tome_lab.search import (
     run_worker,
     run_workers,
     search,
+    steps,
     storage_spec,
+    suggest_schedule,
+    trial_schedule,
 )
 
 # pytest puts tests/ on sys.path (and spawned workers inherit it; the subprocesses get it
@@ -136,7 +141,7 @@ def test_sampled_schedules_stay_within_the_tokens_left(tmp_path, spec):
     create_study(EXP, scfg)
     run_worker(EXP, scfg)
     study = _study(scfg)
-    scheds = [[t.params[f"r{i:02d}"] for i in range(12)] for t in study.trials]
+    scheds = [trial_schedule(spec, t) for t in study.trials]
     assert len(scheds) == 30
     # no entry is ever clamped (each r is at most half the unprotected tokens reaching it) ...
     assert all(effective(spec, s) == s for s in scheds)
@@ -204,6 +209,38 @@ def test_pareto_set_equals_the_brute_force_non_dominated_set(tmp_path, spec):
     assert gf == sorted(gf)
 
 
+def test_decode_reaches_every_r_and_encode_inverts_it(spec):
+    top = steps(spec)
+    assert top == 32  # vit_digits: (66 - 2) // 2
+    for _, sched in baselines(spec):
+        assert decode(spec, encode(spec, sched)) == sched
+    # after 20 merged in block 0, block 1 can merge 0..(46 - 2) // 2 = 22: all reachable
+    assert {decode(spec, [encode(spec, [20])[0], v])[1] for v in range(top + 1)} == set(
+        range(23))
+    assert decode(spec, [top] * 12) == effective(spec, [99] * 12)  # the maximum everywhere
+    with pytest.raises(ValueError, match="block 1 cannot merge r=30 of its 46 tokens"):
+        encode(spec, [20, 30])
+
+
+def test_nsga2_crosses_over_every_block(spec):
+    """Optuna's NSGA-II crosses over only parameters with one distribution across trials;
+    with mutation off, every parameter of a child comes from a parent of the last generation
+    (a bound that depended on earlier blocks made it sample blocks 2..12 at random)."""
+    pop = 10
+    sampler = optuna.samplers.NSGAIISampler(population_size=pop, mutation_prob=0.0, seed=0)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for _ in range(2 * pop):
+        trial = study.ask()
+        r = suggest_schedule(trial, spec)
+        study.tell(trial, [fake_top1(tuple(r)), analytic_gflops(spec, r)])
+    first, second = study.trials[:pop], study.trials[pop:]
+    for i in range(spec.depth):
+        name = f"r{i:02d}"
+        assert len({t.distributions[name] for t in study.trials}) == 1
+        parents = {t.params[name] for t in first}
+        assert all(t.params[name] in parents for t in second), name
+
+
 def test_budget_is_a_constraint_and_only_feasible_trials_are_reported(tmp_path, spec):
     budget = 0.07
     scfg = _scfg(tmp_path, trials=24, sampler="random", gflops_budget=budget, seed=1)
@@ -215,7 +252,7 @@ def test_budget_is_a_constraint_and_only_feasible_trials_are_reported(tmp_path, 
     assert over and under  # the test means something only with both kinds
     for t in done:  # Optuna's constraint, not a penalty: the objectives are untouched
         assert t.constraints["gflops"] == pytest.approx(t.values[1] - budget)
-        sched = tuple(t.params[f"r{i:02d}"] for i in range(12))
+        sched = tuple(trial_schedule(spec, t))
         assert t.values[0] == pytest.approx(fake_top1(sched))
     df = _records(scfg)
     assert (df.feasible == (df["objective.gflops"] <= budget)).all()
@@ -535,6 +572,42 @@ def test_command_line_bad_input_exits_2(tmp_path, capsys, extra, message):
 
     assert main(_cli(tmp_path, *extra)) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--search.split", "vall"), "unknown search.split 'vall'; valid: train, val, test"),
+    (("--search.test_split", "tset"), "unknown search.test_split 'tset'"),
+    (("--search.gflops_budget", "0.001"), "below the cheapest schedule of the search space"),
+    (("--search.storage", "postgresql+nosuchdriver://u@h/db"), "not a database URL"),
+    (("--search.storage", "mysql+mysqldb://u@h/db"), "driver that is not installed"),
+])
+def test_bad_search_input_exits_2_and_leaves_nothing_behind(tmp_path, capsys, extra, message):
+    from tome_lab.search import main
+
+    out = tmp_path / "out"
+    assert main(_cli(out, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not list(Path.cwd().glob("*.journal"))
+
+
+def test_the_cheapest_trial_bounds_the_budget(tmp_path, spec):
+    from tome_lab.search import cheapest_gflops, preflight
+
+    scfg = _scfg(tmp_path)
+    low = cheapest_gflops(EXP, scfg, spec)
+    r = effective(spec, [spec.num_tokens] * spec.depth)
+    assert low == pytest.approx(analytic_gflops(spec, r))
+    rng = torch.Generator().manual_seed(0)  # no schedule of the space is cheaper
+    for _ in range(300):
+        s = effective(spec, torch.randint(0, spec.num_tokens, (spec.depth,), generator=rng))
+        assert analytic_gflops(spec, s) >= low - 1e-12
+    preflight(EXP, replace(scfg, gflops_budget=low * 1.0001), spec)  # reachable: no error
+    with pytest.raises(ValueError, match="below the cheapest"):
+        preflight(EXP, replace(scfg, gflops_budget=low * 0.999), spec)
+    # a dearer knob raises the floor only when every choice is dearer
+    x_only = replace(scfg, knobs={"feature": ["x"]})
+    assert cheapest_gflops(EXP, x_only, spec) > low
+    assert cheapest_gflops(EXP, replace(scfg, knobs={"feature": ["x", "k"]}), spec) == low
 
 
 def test_print_config_has_the_search_section(capsys):

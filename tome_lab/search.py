@@ -50,6 +50,7 @@ import yaml
 
 from tome_lab import results
 from tome_lab.config import (
+    SPLITS,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -148,6 +149,10 @@ class SearchConfig:
                 ToMeConfig(r=0, **{name: c})
             knobs[name] = choices
         object.__setattr__(self, "knobs", knobs)
+        for name in ("split", "test_split"):
+            if getattr(self, name) not in SPLITS:
+                raise ValueError(f"unknown search.{name} {getattr(self, name)!r}; valid: "
+                                 f"{', '.join(SPLITS)}")
         if self.split == self.test_split:
             raise ValueError(f"search.split and search.test_split are both {self.split!r}: "
                              f"trials must not be scored on the split that is reported")
@@ -221,14 +226,54 @@ def param_name(i: int) -> str:
     return f"r{i:02d}"
 
 
-def suggest_schedule(trial: Any, spec: ViTSpec) -> list[int]:
-    """One r per block from ``trial``, each within what the tokens left allow."""
-    n, r = spec.num_tokens, []
-    for i in range(spec.depth):
-        ri = trial.suggest_int(param_name(i), 0, max_r(spec, n))
-        r.append(ri)
-        n -= ri
+def steps(spec: ViTSpec) -> int:
+    """The top of every block's parameter: ``0 .. steps`` (the first block's largest r)."""
+    return max_r(spec, spec.num_tokens)
+
+
+def decode(spec: ViTSpec, values: Sequence[int]) -> list[int]:
+    """Per-block parameters (each a fraction ``v / steps`` of what the block can merge) to the
+    per-layer r: ``round(v * max_r(n) / steps)`` for the ``n`` tokens reaching the block.
+
+    Every block has the same distribution (integers ``0 .. steps``) whatever the earlier
+    blocks drew, so that NSGA-II's crossover can act on every block (Optuna crosses over only
+    parameters whose distributions agree across trials); every r from 0 to the block's
+    maximum is reachable, and no r is ever clamped.
+    """
+    top, n, r = steps(spec), spec.num_tokens, []
+    for v in values:
+        m = max_r(spec, n)
+        r.append(int(math.floor(int(v) * m / top + 0.5)) if top else 0)
+        n -= r[-1]
     return r
+
+
+def encode(spec: ViTSpec, r: Sequence[int]) -> list[int]:
+    """The per-block parameters whose :func:`decode` is ``r`` (an effective schedule).
+
+    Raises:
+        ValueError: ``r`` merges more in some block than the tokens reaching it allow.
+    """
+    top, values = steps(spec), []
+    for i, ri in enumerate(r):
+        head = decode(spec, values)
+        for v in range(top + 1):
+            if decode(spec, [*values, v])[i] == ri:
+                values.append(v)
+                break
+        else:
+            n = spec.num_tokens - sum(head)
+            raise ValueError(f"block {i} cannot merge r={ri} of its {n} tokens "
+                             f"(at most {max_r(spec, n)})")
+    return values
+
+
+def suggest_schedule(trial: Any, spec: ViTSpec) -> list[int]:
+    """One r per block from ``trial``: every block's parameter is an integer in
+    ``0 .. steps(spec)`` (the same distribution for every block), decoded by :func:`decode`
+    into what the tokens left allow."""
+    top = steps(spec)
+    return decode(spec, [trial.suggest_int(param_name(i), 0, top) for i in range(spec.depth)])
 
 
 def baselines(spec: ViTSpec) -> list[tuple[str, list[int]]]:
@@ -261,6 +306,61 @@ def storage_spec(scfg: SearchConfig, study: str) -> str:
     if scfg.storage:
         return scfg.storage
     return str(Path(scfg.out) / f"{study}.journal")
+
+
+def check_storage(spec: str) -> None:
+    """Refuses an RDB URL that Optuna could not open (bad URL, driver not installed) before
+    anything is created; journal paths are always usable.
+
+    Raises:
+        ValueError: the URL is malformed or names a driver that is not installed.
+    """
+    if "://" not in spec:
+        return
+    try:
+        from sqlalchemy.engine import make_url
+
+        dialect = make_url(spec).get_dialect()
+        load = getattr(dialect, "import_dbapi", None) or dialect.dbapi  # SQLAlchemy 2 / 1.4
+        load()  # imports the driver module itself (psycopg2, MySQLdb, ...)
+    except ImportError as err:
+        raise ValueError(f"search.storage {spec!r} needs a database driver that is not "
+                         f"installed ({err}); install it, or leave search.storage empty for "
+                         f"a journal file") from None
+    except Exception as err:  # sqlalchemy's ArgumentError, NoSuchModuleError, ...
+        raise ValueError(f"search.storage {spec!r} is not a database URL Optuna can open "
+                         f"({type(err).__name__}: {err}); e.g. sqlite:///study.db, or a "
+                         f"journal file path") from None
+
+
+def cheapest_gflops(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec) -> float:
+    """The fewest GFLOPs any trial of the search space can cost: every block merging as much
+    as it can (fewest tokens everywhere after), under the cheapest combination of knobs."""
+    import itertools
+
+    names = list(scfg.knobs)
+    r = effective(spec, [spec.num_tokens] * spec.depth)
+    costs = [trial_gflops(spec, trial_config(exp, r, dict(zip(names, combo, strict=True)),
+                                             scfg.split))
+             for combo in itertools.product(*(scfg.knobs[n] for n in names))]
+    return min(costs)
+
+
+def preflight(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec | None = None) -> None:
+    """Refuses bad search input before the study, its journal or its folder exist.
+
+    Raises:
+        ValueError: an unusable storage URL, or a GFLOPs budget below the cheapest trial of
+            the search space (every trial would be infeasible).
+    """
+    check_storage(storage_spec(scfg, scfg.study_name(exp)))
+    if scfg.gflops_budget is not None:
+        spec = model_spec(exp) if spec is None else spec
+        low = cheapest_gflops(exp, scfg, spec)
+        if scfg.gflops_budget < low:
+            raise ValueError(f"search.gflops_budget {scfg.gflops_budget:g} is below the "
+                             f"cheapest schedule of the search space ({low:.4g} GFLOPs, every "
+                             f"block merging all it can): no trial could be feasible")
 
 
 def open_storage(spec: str) -> Any:
@@ -321,7 +421,8 @@ def create_study(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec | None
         if scfg.baselines:
             base_knobs = _base_knobs(exp, scfg)
             for label, sched in baselines(spec):
-                params = {param_name(i): v for i, v in enumerate(sched)} | base_knobs
+                params = ({param_name(i): v for i, v in enumerate(encode(spec, sched))}
+                          | base_knobs)
                 study.enqueue_trial(params, user_attrs={"baseline": label},
                                     skip_if_exists=True)
     elif old != ident:
@@ -612,8 +713,8 @@ def _jsonable_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- records
 
 def trial_schedule(spec: ViTSpec, trial: Any) -> list[int]:
-    """The per-layer r of a finished trial (from its parameters)."""
-    return [int(trial.params[param_name(i)]) for i in range(spec.depth)]
+    """The per-layer r of a finished trial (its parameters, decoded)."""
+    return decode(spec, [trial.params[param_name(i)] for i in range(spec.depth)])
 
 
 def trial_knobs(scfg: SearchConfig, trial: Any) -> dict[str, Any]:
@@ -977,6 +1078,7 @@ def search(exp: ExperimentConfig, scfg: SearchConfig, test: bool = True,
         test: re-score the Pareto schedules and the baselines on ``scfg.test_split``.
         launcher: a :class:`tome_lab.launch.LaunchConfig` for the workers (None: inline).
     """
+    preflight(exp, scfg)
     create_study(exp, scfg)
     run_workers(exp, scfg, launcher)
     return finish(exp, scfg, test=test)
@@ -1057,6 +1159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"slurm (inline runs one worker in this process)")
             resolve_fn(scfg.fn)
             exp = run.experiment()
+            preflight(exp, scfg)
             create_study(exp, scfg)
         name = scfg.study_name(exp)
         print(f"study {name!r} in {storage_spec(scfg, name)}: {scfg.trials} trials, "
