@@ -244,16 +244,18 @@ def test_search_counts_distinct_comparisons():
     assert (len(in_range), c["wins"]) == (22, 17)
 
 
-def test_paired_table_equals_the_script():
+def test_the_paired_table_script_prints_the_docs_table(capsys, monkeypatch):
+    import sys
+
     spec = importlib.util.spec_from_file_location("paired_table",
                                                   ROOT / "benchmarks" / "paired_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     ctx = report.Ctx(ROOT, ROOT / "docs" / "x.md")
-    for rel in report.task_files(ROOT):
-        rows = ctx.jsonl(rel)
-        if rows and "setting" in rows[0]:
-            assert report.paired_rows(rows) == mod.table(rows), rel
+    rel = next(r for r in report.task_files(ROOT) if "setting" in (ctx.jsonl(r) or [{}])[0])
+    monkeypatch.setattr(sys, "argv", ["paired_table.py", str(ROOT / rel)])
+    mod.main()
+    assert report.paired_rows(ctx.jsonl(rel)) in capsys.readouterr().out
 
 
 def test_methods_table_has_one_row_per_matcher():
