@@ -374,12 +374,27 @@ def build_loader(cfg: DataConfig, model: nn.Module, shuffle: bool = False,
     pin = cfg.pin_memory
     if pin is None:  # pinned host memory only pays off when batches are copied to a GPU
         pin = device is not None and torch.device(device).type == "cuda"
-    return DataLoader(
+    return _Loader(
         ds, batch_size=batch_size or cfg.batch_size, shuffle=shuffle, drop_last=drop_last,
         num_workers=workers, pin_memory=pin,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose epochs are shuffled alike with and without persistent workers.
+
+    Each new epoch iterator draws its workers' base seed from ``generator`` before the sampler
+    draws the epoch's order from it; persistent workers keep the first epoch's iterator and skip
+    that draw, so from the second epoch on they would shuffle differently from a run in the main
+    process. This makes the same draw (and drops it: the workers keep their seed).
+    """
+
+    def __iter__(self):
+        if self.persistent_workers and self.num_workers > 0 and self._iterator is not None:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        return super().__iter__()
 
 
 # The embedded tasks (tome_lab/tasks) register their datasets on import, next to these.
