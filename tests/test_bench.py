@@ -42,6 +42,7 @@ def test_compiled_columns_beside_eager():
     assert "compiled" in bench.format_table(rows)
 
 
+@pytest.mark.full  # two fresh processes
 def test_peak_memory_grows_with_the_batch():
     """The CPU probe measures one forward in a fresh process: 8x the batch, more memory."""
     def peak(batch):

@@ -135,14 +135,14 @@ def test_compile_model_compiles_every_model_of_a_process():
 
     torch._dynamo.reset()
     counters.clear()
-    base = tiny_vit()
+    base = tiny_vit(depth=2)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        for i in range(12):  # 12 distinct r lists, 12 distinct graphs
-            m = tome_lab.apply_tome(copy.deepcopy(base), r=[i % 4, i // 4, 0])
+        for i in range(9):  # 9 distinct r lists, 9 distinct graphs: one past the default 8
+            m = tome_lab.apply_tome(copy.deepcopy(base), r=[i % 3, i // 3])
             torch.testing.assert_close(compile_model(m, backend="eager", fullgraph=True)(x),
                                        m(x))
-    assert counters["stats"]["unique_graphs"] == 12
+    assert counters["stats"]["unique_graphs"] == 9
 
 
 def test_compile_model_refuses_inductor_options_on_other_backends():

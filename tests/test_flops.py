@@ -26,6 +26,17 @@ def deits():
 
 @pytest.mark.parametrize("name,r,gflops", PAPER)
 def test_paper_table(deits, name, r, gflops):
+    """The analytic count; the fvcore trace of the same models below (full tier) equals it."""
+    m = deits[name]
+    tome_lab.apply_tome(m, r=r)
+    st = tome_lab.tome_state(m)
+    tome_lab.remove_tome(m)
+    assert round(analytic_gflops(st.spec, st.r), 1) == gflops
+
+
+@pytest.mark.full  # fvcore traces of DeiT-S and DeiT-T
+@pytest.mark.parametrize("name,r,gflops", PAPER)
+def test_paper_table_fvcore(deits, name, r, gflops):
     m = deits[name]
     tome_lab.apply_tome(m, r=r)
     got = tome_lab.count_flops(m)
@@ -34,6 +45,7 @@ def test_paper_table(deits, name, r, gflops):
     tome_lab.remove_tome(m)
 
 
+@pytest.mark.full  # fvcore traces of DeiT-T
 def test_sdpa_is_counted(deits):
     """Without the handle fvcore would count fused attention as zero."""
     m = deits["deit_tiny_patch16_224"]
@@ -66,6 +78,7 @@ def test_sdpa_handle_shapes():
     assert _sdpa_flop_jit([q, k, v], []) == 2 * 3 * 5 * 7 * (4 + 6)
 
 
+@pytest.mark.full  # fvcore traces, a model-family matrix
 @pytest.mark.parametrize("name,kw", [
     ("deit_tiny_distilled_patch16_224", {}),
     ("vit_base_patch16_reg4_gap_256", dict(img_size=64, embed_dim=96, num_heads=3, depth=4)),
@@ -81,7 +94,7 @@ def test_fvcore_equals_analytic(name, kw, schedule):
     assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
 
 
-@pytest.mark.parametrize("r", [0, 3, 6])
+@pytest.mark.parametrize("r", [3, *(pytest.param(r, marks=pytest.mark.full) for r in (0, 6))])
 def test_embedded_conv_stem_counts_exactly(r):
     """The embedded vit_digits has a convolutional stem, counted by fvcore inside vit_spec."""
     import tome_lab.models  # noqa: F401  (registers vit_digits with timm)
@@ -114,9 +127,17 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "vit_medium_patch16_gap_256"])
-@pytest.mark.parametrize("options", SETTINGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in
-                                                                     o.items()))
+def _setting_cases():
+    """Every setting on the distilled layout (the matchers alone in the fast tier), and on the
+    average-pooled one, in the full tier (fvcore traces)."""
+    for name in ("deit_tiny_distilled_patch16_224", "vit_medium_patch16_gap_256"):
+        for options in SETTINGS:
+            fast = name.startswith("deit") and set(options) == {"matching"}
+            yield pytest.param(name, options, marks=() if fast else pytest.mark.full,
+                               id=",".join(f"{k}={v}" for k, v in options.items()) + f"-{name}")
+
+
+@pytest.mark.parametrize("name,options", list(_setting_cases()))
 def test_analytic_equals_fvcore_for_every_setting(name, options):
     m = tiny_vit(name, depth=3, img_size=96)  # 36 patches: every block merges
     tome_lab.apply_tome(m, r=5, **options)
@@ -128,6 +149,7 @@ def test_analytic_equals_fvcore_for_every_setting(name, options):
         assert analytic_gflops(st.spec, st.r) > analytic_gflops(st.spec, st.r, False)
 
 
+@pytest.mark.full  # fvcore traces of DeiT-T
 @pytest.mark.parametrize("options", [dict(matching="kmeans"), dict(matching="greedy"),
                                      dict(head_agg="concat"), dict(feature="x")])
 def test_flops_schedule_hits_its_target_whatever_the_matcher(deits, options):

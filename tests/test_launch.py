@@ -347,6 +347,7 @@ def test_slurm_without_sbatch_says_how_to_get_one(tmp_path, control, monkeypatch
 
 # --------------------------------------------------------------------------- ablate's flags
 
+@pytest.mark.full  # the local launcher: job processes
 def test_ablate_local_launcher_prints_the_table_and_exits_0(tmp_path, control, capsys):
     from tome_lab.ablate import main
 

@@ -14,13 +14,20 @@ import tome_lab
 from tome_lab.flops import tokens_per_layer
 
 # (name, overrides): the layouts the issue names, randomly initialised.
-PARITY_MODELS = [
+FULL_SIZE = [
     ("deit_tiny_patch16_224", {}),
     ("deit_small_distilled_patch16_224", {}),
     ("deit3_small_patch16_224", {}),  # LayerScale, no pos-embed on the class token
     ("vit_base_patch16_reg4_gap_256", dict(embed_dim=192, num_heads=3, depth=4)),  # registers
     ("vit_medium_patch16_gap_256", dict(embed_dim=192, num_heads=3, depth=4)),  # avg, no cls
     ("deit_tiny_patch16_224", dict(qk_norm=True)),
+]
+# each layout shrunk to 64 px (16 patches), 4 blocks and 64 dimensions in the fast tier, at full
+# size in the full one
+PARITY_MODELS = [
+    *[(name, {**kw, "img_size": 64, "depth": 4, "embed_dim": 64, "num_heads": 4})
+      for name, kw in FULL_SIZE],
+    *[pytest.param(name, kw, marks=pytest.mark.full) for name, kw in FULL_SIZE],
 ]
 
 
@@ -32,7 +39,7 @@ def _model(name, kw):
 @pytest.mark.parametrize("name,kw", PARITY_MODELS)
 def test_r0_parity_and_remove(name, kw):
     m = _model(name, kw)
-    x = torch.randn(2, *m.pretrained_cfg["input_size"])
+    x = torch.randn(2, m.patch_embed.proj.in_channels, *m.patch_embed.img_size)
     with torch.no_grad():
         want = m(x)
         tome_lab.apply_tome(m, r=0)

@@ -175,10 +175,18 @@ def _compare(key, r, prop_attn, **options):
     return got, want, tome_lab.tome_state(patched)
 
 
-@pytest.mark.parametrize("prop_attn", [True, False])
-@pytest.mark.parametrize("r", [4, 8])
-@pytest.mark.parametrize("key", ["deit_t", "deit_s_distilled", "avg_no_cls", "registers",
-                                 "layerscale"])
+def _cases(keys, settings, fast):
+    """Every key with every setting: the ``fast`` settings in the fast tier, the others in the
+    full one (the reference runs one token at a time in Python)."""
+    return [pytest.param(key, *setting, marks=() if setting in fast else pytest.mark.full)
+            for key in keys for setting in settings]
+
+
+# each key in the fast tier at (r=8, proportional) and (r=4, plain attention): both r and both
+# attentions on every layout; the other two pairs in the full tier
+@pytest.mark.parametrize("key,r,prop_attn", _cases(
+    ["deit_t", "deit_s_distilled", "avg_no_cls", "registers", "layerscale"],
+    [(r, p) for r in (4, 8) for p in (True, False)], fast=[(8, True), (4, False)]))
 def test_apply_tome_equals_reference(key, r, prop_attn):
     got, want, st = _compare(key, r, prop_attn)
     assert st.tokens[-1] < st.spec.num_tokens  # something was merged
@@ -220,8 +228,9 @@ def test_bad_order_value_error():
         tome_lab.apply_tome(m, r=4, order="bogus")
 
 
-@pytest.mark.parametrize("prop_attn", [True, False])
-@pytest.mark.parametrize("key", ["deit_t", "deit_s_distilled", "avg_no_cls", "registers"])
+@pytest.mark.parametrize("key,prop_attn", _cases(
+    ["deit_t", "deit_s_distilled", "avg_no_cls", "registers"], [(True,), (False,)],
+    fast=[(True,)]))
 def test_truncate_equals_reference(key, prop_attn):
     """The cost-floor matcher drops the last r tokens after the attention residual."""
     m, images = _model(key)

@@ -448,6 +448,7 @@ run_worker(exp, scfg)
 """
 
 
+@pytest.mark.full  # worker processes, 1 s trials
 def test_sigkill_mid_search_then_rerun_loses_and_doubles_nothing(tmp_path):
     scfg = _scfg(tmp_path, trials=6, fn=SLOW, sampler="random", baselines=False)
     cmd = [sys.executable, "-c", _WORKER, str(tmp_path), "6"]
@@ -484,6 +485,7 @@ def test_sigkill_mid_search_then_rerun_loses_and_doubles_nothing(tmp_path):
     assert killed.number not in set(df.trial)
 
 
+@pytest.mark.full  # local launcher: worker processes, 1 s trials
 def test_two_local_workers_share_one_journal(tmp_path, monkeypatch):
     from tome_lab.launch import LaunchConfig
 
@@ -515,6 +517,7 @@ def test_dominates_and_hypervolume_by_hand():
 # --------------------------------------------------------------------------- real evaluator
 
 
+@pytest.mark.full  # the real evaluator and fvcore
 def test_search_on_the_embedded_model_and_pareto_yaml_feeds_evaluate(tmp_path, spec):
     from tome_lab.evaluate import evaluate
 

@@ -274,6 +274,7 @@ def test_evaluate_end_to_end_on_the_committed_test_split():
     assert out["gflops"] < out["gflops_base"]
 
 
+@pytest.mark.full  # a training
 def test_train_end_to_end_on_a_few_clips(monkeypatch, tmp_path):
     from tome_lab.config import TrainConfig, TrainRunConfig
     from tome_lab.train import train

@@ -142,6 +142,7 @@ def test_evaluate_end_to_end():
     assert out["gflops"] < out["gflops_base"]
 
 
+@pytest.mark.full  # a training
 def test_train_end_to_end_lowers_the_loss():
     from tome_lab.config import TrainConfig, TrainRunConfig
     from tome_lab.train import train

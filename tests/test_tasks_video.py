@@ -151,6 +151,7 @@ def test_evaluate_end_to_end():
     assert out["n_images"] == 8 and out["tokens"] == [256 - 16 * (i + 1) for i in range(12)]
 
 
+@pytest.mark.full  # a training
 def test_train_end_to_end_lowers_the_loss():
     from tome_lab.config import TrainConfig, TrainRunConfig
     from tome_lab.train import train

@@ -28,7 +28,7 @@ def _cfg(tome_r=0, data=None, **train_kw):
         tome=ToMeConfig(r=tome_r), train=TrainConfig(**{**RECIPE, **train_kw}))
 
 
-@pytest.mark.parametrize("tome_r", [0, 4])
+@pytest.mark.parametrize("tome_r", [0, pytest.param(4, marks=pytest.mark.full)])
 def test_a_few_steps_lower_the_loss(tome_r):
     out = train(_cfg(tome_r))
     assert out["steps"] == 6
@@ -37,6 +37,7 @@ def test_a_few_steps_lower_the_loss(tome_r):
     assert out["split"] == "test" and out["splits"] == {"train": 32, "val": 32, "test": 32}
 
 
+@pytest.mark.full  # trainings (test_a_few_steps_lower_the_loss[0] stays fast)
 def test_same_seed_same_run():
     a = train(_cfg(max_steps=2))
     b = train(_cfg(max_steps=2))
@@ -44,6 +45,7 @@ def test_same_seed_same_run():
     assert not torch.are_deterministic_algorithms_enabled()  # the run restored the flag
 
 
+@pytest.mark.full
 def test_loader_workers_and_compile_leave_the_run_unchanged():
     """Two DataLoader workers and torch.compile (a tracing backend, to stay fast) give the same
     steps as the plain CPU run: same batches, same arithmetic."""
@@ -55,6 +57,7 @@ def test_loader_workers_and_compile_leave_the_run_unchanged():
     assert compiled["last_loss"] == pytest.approx(plain["last_loss"], rel=1e-5)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_autocast_steps_lower_the_loss(dtype):
     """bf16 / fp16 autocast (fp16 through a gradient scaler) with channels-last still learns."""
@@ -62,6 +65,7 @@ def test_autocast_steps_lower_the_loss(dtype):
     assert out["last_loss"] < out["first_loss"] - 0.1
 
 
+@pytest.mark.full
 def test_selection_keeps_the_best_val_epoch_and_never_reads_test(monkeypatch, capsys):
     """With select=best the kept weights are those of the epoch with the best val top-1; during
     training no loader of the test split is built."""
@@ -83,6 +87,7 @@ def test_selection_keeps_the_best_val_epoch_and_never_reads_test(monkeypatch, ca
     assert out["epoch"] == best and out["val_top1"] == vals[best]
 
 
+@pytest.mark.full
 def test_teacher_distillation_path_writes_a_checkpoint_and_record(tmp_path):
     path = tmp_path / "m.safetensors"
     out = train(_cfg(max_steps=2, teacher="cnn", teacher_epochs=1, output=str(path)))
@@ -194,6 +199,7 @@ def test_bad_command_line_exits_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.full
 def test_cli_takes_an_ablate_point_config_and_train_flags(tmp_path, capsys):
     """A sweep point's config.yaml runs in train; its model and ToMe sections are used."""
     from tome_lab.config import ExperimentConfig, to_dict
