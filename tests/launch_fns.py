@@ -33,7 +33,8 @@ class Data:
 @dataclass(frozen=True)
 class Cfg:
     """``mode``: ``ok``; ``raise``; ``hang`` (the first call sleeps 10 minutes, later calls
-    finish: a job to cancel or to time out); ``cyclic`` (returns metrics JSON cannot write)."""
+    finish: a job to cancel or to time out); ``slow`` (half a second); ``cyclic`` (returns
+    metrics JSON cannot write)."""
 
     x: int
     mode: str = "ok"
@@ -90,6 +91,8 @@ def point_fn(cfg: Cfg) -> dict[str, Any]:
         raise RuntimeError(f"point {cfg.x} fails on purpose")
     if cfg.mode == "hang" and started == 1:
         time.sleep(600)
+    if cfg.mode == "slow":
+        time.sleep(0.5)
     out: dict[str, Any] = {"top1": float(cfg.x * cfg.x), "pid": os.getpid()}
     if cfg.mode == "cyclic":
         out["self"] = out

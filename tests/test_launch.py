@@ -409,3 +409,43 @@ def test_claim_states_of_local_and_slurm_jobs():
     assert launch.claim_state(slurm, {"7_1": "RUNNING"}) == "running"
     assert launch.claim_state(slurm, {"7_1": "OUT_OF_MEMORY"}) == "ended"
     assert launch.claim_state(slurm, {}) == "ended"  # squeue has forgotten it
+
+
+_LAUNCH = """
+import os, sys, time
+from pathlib import Path
+import launch_fns
+import tome_lab.models  # imported before the gate: planning is then fast in both processes
+from tome_lab import launch
+pts = launch_fns.points("slow", "slow", "slow", "slow")
+gate = Path(sys.argv[2])
+(gate / f"ready-{os.getpid()}").touch()
+while not (gate / "go").exists():  # both processes start the launch at the same moment
+    time.sleep(0.01)
+launch.run(pts, sys.argv[1], launch_fns.FN, progress=False)
+"""
+
+
+def test_two_launches_of_one_sweep_at_once_run_each_point_once(tmp_path, control):
+    import subprocess
+    import sys
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _LAUNCH, str(tmp_path / "s"), str(gate)])
+             for _ in range(2)]
+    launch_fns.wait_for(lambda: len(list(gate.glob("ready-*"))) == 2, 120, "both launchers")
+    (gate / "go").touch()
+    assert [p.wait(120) for p in procs] == [0, 0]
+    assert [launch_fns.count(control, "started", x) for x in range(4)] == [1, 1, 1, 1]
+    recs = launch.run(launch_fns.points("slow", "slow", "slow", "slow"), tmp_path / "s", FN,
+                      progress=False)
+    assert [r["status"] for r in recs] == ["ok"] * 4 and not any(r["ran"] for r in recs)
+
+
+def test_a_claim_is_newer_than_a_result_as_a_time_not_a_string():
+    claim = {"submitted": "2026-12-06T10:30:00+02:00"}  # 08:30 UTC
+    old = {"finished": "2026-12-06T09:00:00+00:00"}  # later, though smaller as a string
+    assert not launch._newer(claim, old)
+    assert launch._newer({"submitted": "2026-12-06T11:30:00+02:00"}, old)
+    assert launch._newer(claim, None)

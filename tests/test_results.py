@@ -44,6 +44,8 @@ def test_failed_write_keeps_old_file(tmp_path):
 def test_stale_temps_removed(tmp_path):
     (tmp_path / ".result.json.abc.tmp").write_text("{half")
     (tmp_path / "config.yaml").write_text("a: 1")
+    past = time.time() - results.TEMP_STALE_S - 1  # left by a writer killed long ago
+    os.utime(tmp_path / ".result.json.abc.tmp", (past, past))
     assert results.remove_stale_temps(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
@@ -156,3 +158,62 @@ def test_git_revision_is_cached_and_sees_every_change(tmp_path, monkeypatch):
     assert results._git_revision(src) == (second, True)
     assert results._git_revision(tmp_path) == (None, None)  # not a work tree: no revision
 
+
+
+# --------------------------------------------------------------------------- locks and times
+
+def test_times_compare_as_times_across_utc_offsets():
+    a = results.parse_time("2026-12-06T10:00:00+02:00")  # 08:00 UTC
+    b = results.parse_time("2026-12-06T09:00:00+00:00")  # 09:00 UTC, earlier as a string
+    assert a < b and "2026-12-06T10:00:00+02:00" > "2026-12-06T09:00:00+00:00"
+    assert results.parse_time("") is None and results.parse_time("yesterday") is None
+
+
+def test_young_temporary_files_belong_to_a_live_writer(tmp_path):
+    young, old = tmp_path / ".result.json.a.tmp", tmp_path / ".result.json.b.tmp"
+    young.write_text("half")
+    old.write_text("left")
+    past = time.time() - results.TEMP_STALE_S - 5
+    os.utime(old, (past, past))
+    assert results.remove_stale_temps(tmp_path) == 1
+    assert young.exists() and not old.exists()
+
+
+_HOLD = """
+import sys, time
+from tome_lab import results
+with results.exclusive(sys.argv[1], timeout=60):
+    with open(sys.argv[2], "a") as f:
+        f.write("in\\n")
+    time.sleep(0.3)
+    with open(sys.argv[2], "a") as f:
+        f.write("out\\n")
+"""
+
+
+def test_exclusive_lock_serialises_processes(tmp_path):
+    import sys
+
+    lock, log = tmp_path / "x.lock", tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", _HOLD, str(lock), str(log)])
+             for _ in range(3)]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    assert log.read_text().split() == ["in", "out"] * 3  # never two holders at once
+    assert not lock.exists()
+
+
+def test_exclusive_lock_breaks_a_dead_holders_lock_and_names_a_live_one(tmp_path):
+    import socket
+    import sys
+
+    lock = tmp_path / "x.lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    with results.exclusive(lock, timeout=1):  # the holder is gone: broken at once
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    with pytest.raises(TimeoutError, match=f"'pid': {os.getppid()}"):
+        with results.exclusive(lock, timeout=0.3):
+            pass
+    assert lock.exists()  # a live holder's lock is left alone

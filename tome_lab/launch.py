@@ -57,6 +57,7 @@ from tome_lab import results
 LAUNCHERS = ("inline", "local", "slurm")
 RERUN = ("failed", "all")
 CLAIM = "claim.json"
+LOCK = ".launch.lock"  # held while a launch plans and claims its points
 MANIFEST = "manifest.json"
 LAUNCH_DIR = ".launch"
 
@@ -463,14 +464,6 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
     return states
 
 
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
-
-
 def claim_state(claim: Mapping[str, Any] | None, squeue: Mapping[str, str]) -> str | None:
     """``queued``, ``running`` or ``ended`` for a claim; None without a claim.
 
@@ -487,10 +480,19 @@ def claim_state(claim: Mapping[str, Any] | None, squeue: Mapping[str, str]) -> s
         if state in SLURM_RUNNING:
             return "running"
         return "ended"
-    if claim.get("host") != socket.gethostname() or not _pid_alive(claim.get("pid")):
+    if claim.get("host") != socket.gethostname() or not results.pid_alive(claim.get("pid")):
         # a point whose launcher died before starting it never ran: it is simply not claimed
         return None if claim.get("state") == "queued" else "ended"
     return "queued" if claim.get("state") == "queued" else "running"
+
+
+def _newer(claim: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Whether ``claim`` was made after the result ``old`` finished (times as times)."""
+    if old is None:
+        return True
+    submitted, finished = (results.parse_time(claim.get("submitted")),
+                           results.parse_time(old.get("finished")))
+    return submitted is not None and (finished is None or submitted > finished)
 
 
 def point_dir(folder: Path, point: PointLike) -> Path:
@@ -517,7 +519,8 @@ class Plan:
 
 
 def plan(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: str | PointFn,
-         rerun: str | None = None) -> tuple[Plan, list[dict[str, Any]]]:
+         rerun: str | None = None, owner: int | None = None
+         ) -> tuple[Plan, list[dict[str, Any]]]:
     """Decides which points run, which are reused and which a live job already holds.
 
     Args:
@@ -526,6 +529,8 @@ def plan(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: s
         fn_spec: the point function, ``module:function``.
         rerun: None (reuse finished results, ok or failed), ``"failed"`` (run failed ones
             again) or ``"all"`` (run every point not held by a live job).
+        owner: a process whose claims count as this one's (the launch that started a
+            detached driver).
 
     Returns:
         The plan and each point's identity.
@@ -536,6 +541,7 @@ def plan(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: s
     if rerun is not None and rerun not in RERUN:
         raise ValueError(f"rerun must be one of {', '.join(RERUN)} or None, got {rerun!r}")
     folder = Path(folder)
+    own = {os.getpid(), owner}
     digests: dict[Path, str | None] = {}
     idents = [identity(p, fn_spec, digests) for p in points]
     dirs = [point_dir(folder, p) for p in points]
@@ -547,10 +553,9 @@ def plan(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: s
     other_rev = 0
     for pdir, ident, claim in zip(dirs, idents, claims, strict=True):
         old = results.read_result(pdir)
-        if claim and claim.get("launcher") == "local" and claim.get("pid") == os.getpid():
-            claim = None  # queued by this very process (a detached local launcher)
-        if claim_state(claim, squeue) in ("queued", "running") and (
-                old is None or claim.get("submitted", "") > old.get("finished", "")):
+        if claim and claim.get("launcher") != "slurm" and claim.get("pid") in own:
+            claim = None  # held by this very process (an earlier launch in it) or its owner
+        if claim_state(claim, squeue) in ("queued", "running") and _newer(claim, old):
             out.action.append("live")
             out.records.append(None)
             continue
@@ -580,7 +585,7 @@ def plan(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: s
 
 def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: str | PointFn,
         cfg: LaunchConfig | None = None, rerun: str | None = None,
-        progress: bool = True) -> list[dict[str, Any]]:
+        progress: bool = True, owner: int | None = None) -> list[dict[str, Any]]:
     """Runs a sweep with a launcher: the points that need it, each writing its own folder.
 
     Args:
@@ -592,6 +597,7 @@ def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: st
         cfg: the launcher; None: ``inline``.
         rerun: see :func:`plan`.
         progress: show a progress bar on stderr.
+        owner: see :func:`plan` (set by the detached local driver).
 
     Returns:
         One record per point, in order, each with ``"ran"`` (ran in this launch),
@@ -610,10 +616,18 @@ def run(points: Sequence[PointLike], folder: str | os.PathLike[str], fn_spec: st
     resolve_fn(fn_spec)  # a typo fails here, before anything is submitted
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    the_plan, idents = plan(points, folder, fn_spec, rerun)
+    # Planning and claiming under one lock: a second launch of this sweep started meanwhile
+    # plans after these claims exist, sees the points held by this live process, and neither
+    # runs them again nor touches their folders.
+    with results.exclusive(folder / LOCK):
+        the_plan, idents = plan(points, folder, fn_spec, rerun, owner)
+        todo = [i for i, a in enumerate(the_plan.action) if a == "run"]
+        for i in todo:
+            _write_claim(the_plan.dirs[i], {"launcher": "pending", "job_id": None,
+                                            "pid": os.getpid(), "state": "queued",
+                                            "log": None})
     for note in the_plan.notes:
         print(f"note: {note}", file=sys.stderr)
-    todo = [i for i, a in enumerate(the_plan.action) if a == "run"]
     for i in todo:  # a result to be replaced stays beside, never counted as the new one
         old = the_plan.dirs[i] / results.RESULT
         if old.exists():
@@ -639,6 +653,8 @@ def _run_inline(points: Sequence[PointLike], the_plan: Plan, idents: list[dict[s
         bar.set_postfix_str(points[i].name[:40])
         with preserved_state():
             execute(points[i], the_plan.dirs[i], fn_spec, idents[i])
+        # the claim held the point while this process ran it; its result now says it all
+        (the_plan.dirs[i] / CLAIM).unlink(missing_ok=True)
     bar.close()
 
 
@@ -695,7 +711,7 @@ def _detach_local(points: Sequence[PointLike], the_plan: Plan, idents: list[dict
     spec = log_dir / f"detached-{stamp}-{os.getpid()}.pkl"
     sub = [points[i] for i in todo]
     with open(spec, "wb") as f:
-        pickle.dump({"points": sub, "folder": str(folder), "fn": fn_spec,
+        pickle.dump({"points": sub, "folder": str(folder), "fn": fn_spec, "owner": os.getpid(),
                      "cfg": dataclasses.replace(cfg, wait=True)}, f)
     log = open(log_dir / f"detached-{stamp}.log", "ab")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen([sys.executable, "-m", "tome_lab.launch", "_drive", str(spec)],
@@ -928,7 +944,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with open(args.spec, "rb") as f:
             spec = pickle.load(f)
-        run(spec["points"], spec["folder"], spec["fn"], spec["cfg"], progress=False)
+        run(spec["points"], spec["folder"], spec["fn"], spec["cfg"], progress=False,
+            owner=spec.get("owner"))
         return 0
     try:
         records, code = status(args.folder, do_wait=args.wait)

@@ -33,6 +33,7 @@ records (git revision, versions and config in every file).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -42,7 +43,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,93 @@ CONFIG = "config.yaml"
 def now() -> str:
     """The current time as an ISO 8601 string with time zone."""
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def parse_time(stamp: Any) -> _dt.datetime | None:
+    """An ISO 8601 time written by :func:`now` as an aware datetime (None if absent or bad),
+    so that times are compared as times: ISO strings with different UTC offsets do not
+    sort in time order."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.astimezone()
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this host (one owned by another user counts)."""
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- locks
+
+LOCK_STALE_S = 600.0  # a lock file older than this is abandoned (its holder was killed)
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike[str], timeout: float = 600.0,
+              stale_s: float = LOCK_STALE_S, poll_s: float = 0.05) -> Iterator[None]:
+    """Holds the lock file ``path`` for the duration: created with ``O_CREAT | O_EXCL``.
+
+    Exclusive creation is atomic on local disks and on the network and cluster file systems
+    that ``flock`` is not reliable on (NFS, Lustre, GPFS). The file names its holder (host,
+    pid, time); a lock whose holder died on this host, or older than ``stale_s``, is broken.
+
+    Raises:
+        TimeoutError: a live holder kept it for more than ``timeout`` seconds.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+        except FileExistsError:
+            if _lock_abandoned(path, stale_s):
+                path.unlink(missing_ok=True)
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the lock {path} has been held for more than {timeout:g} s "
+                                   f"by {_read_lock(path)}; delete it if that process is "
+                                   f"gone") from None
+            time.sleep(poll_s)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": now()}, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _lock_abandoned(path: Path, stale_s: float) -> bool:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False  # released meanwhile: try again
+    holder = _read_lock(path)
+    if not holder:  # being written (or garbage): abandoned only once old
+        return age > min(stale_s, 5.0)
+    if holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
+        return True
+    return age > stale_s
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -129,10 +217,23 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Deletes temporary files a killed writer left in ``folder``; returns how many."""
-    n = 0
+TEMP_STALE_S = 600.0  # an atomic write takes milliseconds: a temporary this old was abandoned
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], older_than_s: float = TEMP_STALE_S
+                       ) -> int:
+    """Deletes temporary files a killed writer left in ``folder``; returns how many.
+
+    Only files older than ``older_than_s``: a younger one may belong to a writer at work in
+    another process (two launches of one sweep), which must not lose it.
+    """
+    n, limit = 0, time.time() - older_than_s
     for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            if tmp.stat().st_mtime >= limit:
+                continue
+        except FileNotFoundError:
+            continue
         tmp.unlink(missing_ok=True)
         n += 1
     return n

@@ -535,16 +535,6 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale(trial: Any, grace_s: float, now: float | None = None) -> bool:
     """Whether a RUNNING trial's worker is gone: a dead process on this host, or silence.
 
@@ -559,7 +549,7 @@ def is_stale(trial: Any, grace_s: float, now: float | None = None) -> bool:
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         return now - started > grace_s
     if beat.get("host") == socket.gethostname() and beat.get("pid") != os.getpid():
-        if not _pid_alive(int(beat["pid"])):
+        if not results.pid_alive(beat["pid"]):
             return True
     return now - float(beat.get("time", now)) > grace_s
 
@@ -643,14 +633,8 @@ def _ask_lock(study: Any) -> Iterator[None]:
     if path is None:
         yield
         return
-    import fcntl
-
-    with open(f"{path}.ask.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with results.exclusive(f"{path}.ask.lock"):  # O_EXCL: sound on cluster file systems
+        yield
 
 
 def _objective_values(scfg: SearchConfig, metrics: Mapping[str, Any]) -> list[float]:
