@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
-from tome_lab.data import DataError, _check_classes
+from tome_lab.data import DataError, _check_classes, generator_version
 from tome_lab.models import ConvStem, finish_zoo_model, register_once
 from tome_lab.registry import DATASETS
 
@@ -183,6 +183,7 @@ def to_model_input(images: np.ndarray, model: nn.Module) -> Tensor:
 
 
 @DATASETS.register("dots", "count_dots")
+@generator_version(VERSION)
 def dots(cfg: DataConfig, model: nn.Module) -> Dataset:
     """A dot-counting split (``train`` 16,000 / ``val`` 1,000 / ``test`` 2,000 RGB images)."""
     s = generate(cfg.split)
