@@ -141,11 +141,11 @@ def _parse_module(module: str, args: list[str]) -> None:
             parser, cls, aliases = _parsers()[module]
             _, ns = cli.parse(parser, cls, args, aliases)
             if module == "search":
-                ablate.launch_config(ns)
+                cli.launch_config(ns)
         elif module == "ablate":
             ns = ablate.build_parser().parse_args(args)
             ablate.expand(list(ns.sweep) + list(ns.words), ablate._base_dict(ns))
-            ablate.launch_config(ns)
+            cli.launch_config(ns)
         elif module == "plots":
             from tome_lab import plots
 

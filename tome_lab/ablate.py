@@ -12,18 +12,16 @@ any point function (``--fn module:function`` on the command line).
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sys
 import textwrap
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tome_lab import launch, preflight, results
+from tome_lab import cli, launch, preflight, results
 from tome_lab.config import ExperimentConfig
 from tome_lab.sweep import Point, expand, key_table
 
@@ -73,15 +71,6 @@ Exit status: 0 all points ok, 1 some point failed, 2 bad command line.
 
 
 # --------------------------------------------------------------------------- running
-
-def resolve_fn(spec: str) -> PointFn:
-    """Imports a point function from ``module:function`` (see :func:`tome_lab.launch.resolve_fn`).
-
-    Raises:
-        ValueError: the module or function cannot be found.
-    """
-    return launch.resolve_fn(spec)
-
 
 def point_dir(folder: Path, point: Point) -> Path:
     """The folder of ``point`` in ``folder``: an existing one with its hash, else a new name."""
@@ -134,8 +123,6 @@ def format_table(points: Sequence[Point], records: Sequence[Mapping[str, Any]]) 
 def build_parser() -> Any:
     """The jsonargparse parser (:func:`tome_lab.cli.build_parser` over ExperimentConfig), with
     the sweep options and the words."""
-    from tome_lab import cli
-
     short = textwrap.fill(", ".join(sorted(k for k in key_table() if "." not in k)), width=90,
                           subsequent_indent="  ")
 
@@ -158,60 +145,11 @@ def build_parser() -> Any:
         parser.add_argument("--fn", type=str, default=DEFAULT_FN,
                             help="The point function, module:function, taking an "
                                  "ExperimentConfig and returning flat metrics.")
-        _add_launch_arguments(parser)
+        cli.add_launch_arguments(parser)
 
     return cli.build_parser(
         ExperimentConfig, "python -m tome_lab.ablate",
         __doc__.split("\n\n")[0] + "\n\n" + GRAMMAR.format(short=short), extra=extra)
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """The ``Attributes:`` entries of a dataclass docstring, by field name."""
-    docs: dict[str, str] = {}
-    name = None
-    for line in (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
-        head, sep, text = line.strip().partition(": ")
-        top = line.startswith(" " * 8) and not line.startswith(" " * 9)
-        if sep and top and head.isidentifier():
-            name = head
-            docs[name] = text
-        elif name and line.strip():
-            docs[name] += " " + line.strip()
-    return docs
-
-
-def _add_launch_arguments(parser: Any) -> None:
-    """``--launcher``, ``--launch.<field>`` for each LaunchConfig field, --no-wait, --rerun."""
-    parser.add_argument("--launcher", type=str, default="inline",
-                        help="Where the points run: inline (this process), local (a fresh "
-                             "process per point), slurm (one job array), or a launcher YAML "
-                             "file such as launch/gpu-cluster.yaml.")
-    hints = typing.get_type_hints(launch.LaunchConfig)
-    docs = _field_docs(launch.LaunchConfig)
-    for f in dataclasses.fields(launch.LaunchConfig):
-        if f.name in ("launcher", "wait"):
-            continue
-        hint = {"sbatch": dict[str, Any], "setup": list[str]}.get(f.name, hints[f.name])
-        parser.add_argument(f"--launch.{f.name}", type=hint | None, default=None,
-                            help=f"{docs.get(f.name, '')} (Overrides --launcher's value.)")
-    parser.add_argument("--no_wait", "--no-wait", action="store_true",
-                        help="Submit (local, slurm) and return; python -m tome_lab.launch "
-                             "status FOLDER shows the states and the table later.")
-    parser.add_argument("--rerun", type=str | None, default=None,
-                        help="Run finished points again: failed (the failed ones) or all.")
-
-
-def launch_config(args: Any) -> launch.LaunchConfig:
-    """The LaunchConfig of a parsed command line: ``--launcher`` then ``--launch.*`` flags.
-
-    Raises:
-        ValueError: a bad launcher name, file or value.
-    """
-    ns = args.as_dict()
-    given = {k: v for k, v in (ns.get("launch") or {}).items() if v is not None}
-    if ns.get("no_wait"):
-        given["wait"] = False
-    return launch.LaunchConfig.parse(ns.get("launcher") or "inline", **given)
 
 
 def _sweep_name(args: Any, points: Sequence[Point]) -> str:
@@ -242,11 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(args.sweep) + list(args.words)
     try:
         points = expand(words, _base_dict(args))
-        launcher = launch_config(args)
+        launcher = cli.launch_config(args)
         if args.rerun not in (None, *launch.RERUN):
             raise ValueError(f"--rerun takes {' or '.join(launch.RERUN)}, got {args.rerun!r}")
         if not args.dry_run:
-            resolve_fn(args.fn)
+            launch.resolve_fn(args.fn)
         if launcher.launcher == "slurm" and shutil.which("sbatch") is None:
             raise ValueError("--launcher slurm needs Slurm's sbatch on PATH; for a one-node "
                              "test cluster run launch/slurm-local.sh as root")

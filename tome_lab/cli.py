@@ -22,9 +22,12 @@ import re
 import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tome_lab.config import from_dict
+
+if TYPE_CHECKING:
+    from tome_lab.launch import LaunchConfig
 
 C = TypeVar("C")
 
@@ -214,6 +217,61 @@ def running() -> Iterator[None]:
         yield
     except DataError as err:
         raise UsageError(str(err)) from err
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` entries of a dataclass docstring, by field name."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        head, sep, text = line.strip().partition(": ")
+        top = line.startswith(" " * 8) and not line.startswith(" " * 9)
+        if sep and top and head.isidentifier():
+            name = head
+            docs[name] = text
+        elif name and line.strip():
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def add_launch_arguments(parser: Any) -> None:
+    """Adds the launcher flags of the commands that run points (``ablate``, ``search``):
+    ``--launcher``, ``--launch.<field>`` for each LaunchConfig field, --no-wait, --rerun."""
+    from tome_lab.launch import LaunchConfig
+
+    parser.add_argument("--launcher", type=str, default="inline",
+                        help="Where the points run: inline (this process), local (a fresh "
+                             "process per point), slurm (one job array), or a launcher YAML "
+                             "file such as launch/gpu-cluster.yaml.")
+    hints = typing.get_type_hints(LaunchConfig)
+    docs = field_docs(LaunchConfig)
+    for f in dataclasses.fields(LaunchConfig):
+        if f.name in ("launcher", "wait"):
+            continue
+        hint = {"sbatch": dict[str, Any], "setup": list[str]}.get(f.name, hints[f.name])
+        parser.add_argument(f"--launch.{f.name}", type=hint | None, default=None,
+                            help=f"{docs.get(f.name, '')} (Overrides --launcher's value.)")
+    parser.add_argument("--no_wait", "--no-wait", action="store_true",
+                        help="Submit (local, slurm) and return; python -m tome_lab.launch "
+                             "status FOLDER shows the states and the table later.")
+    parser.add_argument("--rerun", type=str | None, default=None,
+                        help="Run finished points again: failed (the failed ones) or all.")
+
+
+def launch_config(args: Any) -> LaunchConfig:
+    """The LaunchConfig of a command line parsed with :func:`add_launch_arguments`:
+    ``--launcher`` then ``--launch.*`` flags.
+
+    Raises:
+        ValueError: a bad launcher name, file or value.
+    """
+    from tome_lab.launch import LaunchConfig
+
+    ns = args.as_dict()
+    given = {k: v for k, v in (ns.get("launch") or {}).items() if v is not None}
+    if ns.get("no_wait"):
+        given["wait"] = False
+    return LaunchConfig.parse(ns.get("launcher") or "inline", **given)
 
 
 def run(prog: str, body: Callable[[], int | None]) -> int:

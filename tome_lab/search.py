@@ -61,6 +61,7 @@ from tome_lab.config import (
     to_dict,
 )
 from tome_lab.flops import ViTSpec, analytic_gflops
+from tome_lab.launch import resolve_fn
 from tome_lab.merge import clamp_r
 
 # objective name -> Optuna direction
@@ -606,24 +607,6 @@ def budget_used(study: Any) -> int:
     return n
 
 
-def resolve_fn(spec: str) -> PointFn:
-    """Imports the point function ``module:function``.
-
-    Raises:
-        ValueError: the module or the function cannot be found.
-    """
-    import importlib
-
-    module, _, name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name) if module and name else None
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load point function {spec!r}: {err}") from None
-    if not callable(fn):
-        raise ValueError(f"search.fn must name a function as module:function, got {spec!r}")
-    return fn
-
-
 @contextlib.contextmanager
 def _ask_lock(study: Any) -> Iterator[None]:
     """Serialises (count, ask) between processes sharing a journal file, so that workers
@@ -1113,11 +1096,11 @@ Exit status: 0 ok, 2 bad input, 1 a crash."""
 
 
 def build_parser() -> Any:
-    """The jsonargparse parser: ablate's sections, ``search``, the launcher flags."""
-    from tome_lab import ablate, cli
+    """The jsonargparse parser: the experiment sections, ``search``, the launcher flags."""
+    from tome_lab import cli
 
     def extra(parser: Any) -> None:
-        ablate._add_launch_arguments(parser)
+        cli.add_launch_arguments(parser)
         parser.add_argument("--no_test", "--no-test", action="store_true",
                             help="Do not re-score the Pareto schedules and baselines on "
                                  "search.test_split.")
@@ -1130,13 +1113,13 @@ def build_parser() -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (0 ok, 2 bad input, 1 a crash)."""
-    from tome_lab import ablate, cli
+    from tome_lab import cli
 
     def body() -> int:
         parser, aliases = build_parser()
         run, ns = cli.parse(parser, SearchRunConfig, argv, aliases)
         with cli.setting_up():
-            launcher = ablate.launch_config(ns)
+            launcher = cli.launch_config(ns)
             scfg = run.search
             if launcher.launcher == "inline" and scfg.workers > 1:
                 raise ValueError(f"--search.workers {scfg.workers} needs --launcher local or "
