@@ -20,10 +20,10 @@ tier() {  # tier NAME PYTEST_ARGS...
     load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
     start=$(date +%s.%N)
     rc=0
-    "$PY" -m pytest -q -p no:cacheprovider --durations=25 "$@" >"$log" 2>&1 || rc=$?
+    "$PY" -m pytest -q -rs -p no:cacheprovider --durations=25 "$@" >"$log" 2>&1 || rc=$?
     end=$(date +%s.%N)
     {
-        echo "# ${name} tier: python -m pytest -q --durations=25 $*"
+        echo "# ${name} tier: python -m pytest -q -rs --durations=25 $*"
         echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit: $(git rev-parse --short HEAD)$(
             git diff --quiet HEAD -- tome_lab tests || echo ' (with local changes)')"
         echo "# machine: $(nproc) CPUs, $(uname -m); load average (1, 5, 15 min) before:" \

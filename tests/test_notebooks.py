@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nbclient  # the dev extra (make install): missing, the module fails rather than skips
+import nbformat
 import numpy as np
 import pytest
 from PIL import Image
-
-nbformat = pytest.importorskip("nbformat", reason="pip install -e '.[dev]' (nbformat)")
-nbclient = pytest.importorskip("nbclient", reason="pip install -e '.[dev]' (nbclient)")
-Config = pytest.importorskip("traitlets.config").Config  # nbclient's own dependency
+from traitlets.config import Config  # nbclient's own dependency
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
@@ -152,7 +153,6 @@ def test_figure_lays_out_rows(tmp_path):
 def test_clip_picture_paints_each_space_time_group_with_its_mean_over_the_clip():
     """Independent check of merge_clip: every pixel of frame f, patch (i, j) equals the mean of
     all the clip's pixels in the tubes of its group, computed here by explicit loops."""
-    timm = pytest.importorskip("timm")
     from tome_lab.tasks import moving_digits as md
 
     torch.manual_seed(0)
@@ -181,7 +181,6 @@ def test_clip_picture_paints_each_space_time_group_with_its_mean_over_the_clip()
 
 
 def test_clip_and_picture_refuse_the_other_kind():
-    timm = pytest.importorskip("timm")
     video = tome_lab.apply_tome(timm.create_model("vit_video_digits", depth=1), r=2)
     with pytest.raises(TypeError, match="merge_clip"):
         vis.merge_picture(video, np.zeros((32, 32)))
