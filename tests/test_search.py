@@ -314,6 +314,23 @@ def test_test_rescores_are_reused_only_for_the_same_identity(tmp_path, monkeypat
     assert digests()[0] == {results.file_digest(copy)} != first  # every re-score ran again
 
 
+def test_a_rewritten_trial_record_carries_the_configuration_that_ran(tmp_path):
+    import json
+
+    from tome_lab.search import finish
+
+    scfg = _scfg(tmp_path, trials=2, sampler="random", baselines=False)
+    search(EXP, scfg, test=False)
+    rec_path = next(Path(scfg.out).glob(f"{scfg.study_name(EXP)}/trial-00000/result.json"))
+    ran = json.loads(rec_path.read_text())
+    rec_path.unlink()  # a worker killed between telling Optuna and writing its record
+    later = replace(EXP, data=replace(EXP.data, batch_size=7))  # the same study, resumed
+    finish(later, scfg, test=False)
+    again = json.loads(rec_path.read_text())
+    assert again["config"] == ran["config"] and again["config"]["data"]["batch_size"] == 32
+    assert again["env"]["date"] == ran["env"]["date"]  # the environment of the run itself
+
+
 def test_knobs_are_searched_and_reach_the_point_function(tmp_path):
     scfg = _scfg(tmp_path, trials=20, sampler="random", knobs={"prop_attn": [True, False]})
     summary = search(EXP, scfg)

@@ -654,6 +654,10 @@ def run_trial(study: Any, exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSp
         gflops = trial_gflops(spec, cfg)
         if scfg.gflops_budget is not None:
             trial.set_constraint("gflops", gflops - scfg.gflops_budget)
+        # the record carries what ran, here, not a configuration rebuilt later
+        trial.set_user_attr("config", _plain(to_dict(cfg)))
+        trial.set_user_attr("env", _plain(results.environment(cfg.eval.device,
+                                                              cfg.eval.dtype)))
         t0 = time.perf_counter()
         try:
             out = dict(fn(cfg))
@@ -712,7 +716,8 @@ def write_trial_record(exp: ExperimentConfig, scfg: SearchConfig, study: Any, sp
     r = trial_schedule(spec, trial)
     knobs = trial_knobs(scfg, trial)
     cfg = trial_config(exp, r, knobs, scfg.split)
-    config = to_dict(cfg)
+    # What the worker ran (recorded on the trial); rebuilt only for a trial of an older study.
+    config = trial.user_attrs.get("config") or to_dict(cfg)
     metrics = dict(trial.user_attrs.get("metrics") or {})
     ok = trial.state == TrialState.COMPLETE
     metrics.update({
@@ -732,8 +737,8 @@ def write_trial_record(exp: ExperimentConfig, scfg: SearchConfig, study: Any, sp
         "config": config, "metrics": metrics,
         "error": None if ok else {"type": (err or "Error").split(":")[0], "message": err,
                                   "traceback": trial.user_attrs.get("traceback")},
-        "env": results.environment(metrics.get("device", cfg.eval.device),
-                                   metrics.get("dtype", cfg.eval.dtype)),
+        "env": trial.user_attrs.get("env") or results.environment(
+            metrics.get("device", cfg.eval.device), metrics.get("dtype", cfg.eval.dtype)),
         "started": trial.datetime_start.astimezone().isoformat(timespec="seconds")
         if trial.datetime_start else None,
         "finished": trial.datetime_complete.astimezone().isoformat(timespec="seconds")
