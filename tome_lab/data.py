@@ -395,7 +395,3 @@ class _Loader(DataLoader):
         if self.persistent_workers and self.num_workers > 0 and self._iterator is not None:
             torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         return super().__iter__()
-
-
-# The embedded tasks (tome_lab/tasks) register their datasets on import, next to these.
-import tome_lab.tasks  # noqa: E402, F401

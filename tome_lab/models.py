@@ -130,8 +130,10 @@ def finish_zoo_model(model: nn.Module, cfg: dict[str, Any], pretrained: bool,
 
 
 def _register() -> None:
+    from tome_lab.registry import TIMM_MODELS, import_plugins
+
     register_once(vit_digits)
-    import tome_lab.tasks  # noqa: F401  (registers the embedded tasks' models with timm)
+    import_plugins(TIMM_MODELS)  # the embedded tasks register their models with timm
 
 
 def vit_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -123,7 +123,7 @@ def knobs(ctx: Ctx) -> str:
     for attr in sorted(dir(registry)):
         reg = getattr(registry, attr)
         if isinstance(reg, Registry) and attr != "DATASETS":  # datasets: see the data page
-            aliases = ", ".join(f"`{a}`->`{c}`" for a, c in sorted(reg._aliases.items()))
+            aliases = ", ".join(f"`{a}`->`{c}`" for a, c in sorted(reg.aliases().items()))
             rows.append([f"`{attr}`", reg.kind, ", ".join(f"`{n}`" for n in reg.names()),
                          aliases or "-"])
     return _md(["registry", "holds", "names", "aliases"], rows)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import inspect
 import itertools
 import json
@@ -259,11 +258,7 @@ def _choices(path: str) -> tuple[list[str], Any] | None:
     if path == "eval.dtype":
         return list(_DTYPES), None
     if path == "data.name":
-        kind = "dataset"
-        try:  # the dataset plug-ins register themselves when tome_lab.data is imported
-            importlib.import_module("tome_lab.data")
-        except ImportError:
-            pass
+        kind = "dataset"  # the registry imports the dataset plug-ins on its first lookup
     elif path.startswith("tome."):
         kind = path.split(".", 1)[1]
     else:

@@ -9,18 +9,8 @@ size-weighted average wins.
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from tome_lab.merge import MergeFn
+from tome_lab.combine._size import merged_size
 from tome_lab.registry import COMBINE, import_submodules
-
-
-def merged_size(merge: MergeFn, x: Tensor, size: Tensor | None) -> Tensor:
-    """Sizes after a merge: members' sizes add up."""
-    if size is None:
-        size = x.new_ones(x.shape[0], x.shape[1], 1)
-    return merge(size, mode="sum")
-
 
 import_submodules(__name__)
 

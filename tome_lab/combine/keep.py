@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from tome_lab.combine import merged_size
+from tome_lab.combine._size import merged_size
 from tome_lab.merge import MergeFn
 from tome_lab.registry import COMBINE
 

@@ -1,8 +1,9 @@
 """Embedded tasks in the ToMe paper's regimes, built offline from the bundled MNIST digits.
 
 Each module registers its dataset in ``tome_lab.registry.DATASETS`` and its model with timm
-on import; importing this package imports them all (``tome_lab.data`` and
-``tome_lab.models`` do so before looking a name up).
+on import; importing this package imports them all. Nothing below names this package in an
+import: ``tome_lab.registry`` declares it as a plug-in source, imported by the first dataset
+lookup and by ``tome_lab.models`` for timm (``registry.TIMM_MODELS``).
 
 - ``clutter`` / ``vit_clutter``: a digit among clutter on a 56x56 canvas; 196 patch tokens,
   DeiT's count at 224 px with 16 px patches.
