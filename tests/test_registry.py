@@ -25,8 +25,7 @@ def test_register_get_alias_and_errors():
 
 
 def test_plugins_are_registered():
-    import tome_lab  # noqa: F401  (importing fills the registries)
-
+    # the first lookup imports the plug-in packages (nothing else needs importing)
     assert "bipartite" in MATCHING.names()
     assert {"constant", "list", "linear", "decreasing", "increasing", "flops"} <= set(
         SCHEDULES.names())

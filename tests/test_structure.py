@@ -166,3 +166,17 @@ def test_lower_floors_never_import_the_tasks(level):
     upward = sorted(f"{m} -> {t}" for m, targets in edges.items() for t in targets
                     if t.startswith("tome_lab.tasks") and not m.startswith("tome_lab.tasks"))
     assert not upward, f"{level}-level imports of the tasks from below: {upward}"
+
+
+def test_config_and_the_parsers_import_no_torch():
+    """config is plain data: names are checked by the registries, which import the plug-ins
+    (and torch) on their first lookup, not when config is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tome_lab, tome_lab.config, tome_lab.cli, tome_lab.registry; "
+            "heavy = sorted(m for m in ('torch', 'timm', 'tome_lab.matching', 'tome_lab.tasks') "
+            "if m in sys.modules); print(heavy); sys.exit(bool(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT.parent)
+    assert out.returncode == 0, f"importing config pulls in {out.stdout.strip()}{out.stderr}"

@@ -7,6 +7,10 @@ fields are sections (``ExperimentConfig`` for ``evaluate`` and ``ablate``, ``Tra
 for ``train``), so a flag such as ``--tome.r`` means the same thing everywhere.
 :func:`to_dict`, :func:`from_dict` and :func:`config_hash` turn any of them into plain data and
 back, and hash the resolved configuration.
+
+Plain data: importing this module imports neither torch nor a plug-in. Plug-in names are
+checked (aliases resolved, did-you-mean errors) by the registries of :mod:`tome_lab.registry`,
+which import their plug-ins on the first lookup.
 """
 
 from __future__ import annotations
@@ -19,18 +23,6 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
-
-from tome_lab.merge import DISTANCES
-
-
-def _plugins() -> None:
-    # Importing the packages fills the registries (and is cheap after the first time).
-    import tome_lab.attention  # noqa: F401
-    import tome_lab.combine  # noqa: F401
-    import tome_lab.features  # noqa: F401
-    import tome_lab.matching  # noqa: F401
-    import tome_lab.partition  # noqa: F401
-    import tome_lab.schedules  # noqa: F401
 
 
 def _params(fn: Any, skip: int) -> list[str]:
@@ -70,9 +62,9 @@ class ToMeConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # names are checked by the registries, which import their plug-ins on the first lookup
         from tome_lab.registry import COMBINE, FEATURES, MATCHING, PARTITIONS, SCHEDULES
 
-        _plugins()
         r = self.r
         if isinstance(r, (list, tuple)):
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in r):
@@ -93,6 +85,8 @@ class ToMeConfig:
         for name in ("prop_attn", "trace_source"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        from tome_lab.merge import DISTANCES
+
         if self.distance not in DISTANCES:
             raise ValueError(f"unknown distance {self.distance!r}; valid: {', '.join(DISTANCES)}")
         from tome_lab.features import HEAD_AGG
@@ -435,7 +429,6 @@ class BenchConfig:
         if not r or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                             for v in r):
             raise ValueError(f"bench.r must be ints >= 0, got {self.r!r}")
-        _plugins()
         matching = (self.matching,) if isinstance(self.matching, str) else tuple(self.matching)
         if tuple(matching) == ("all",):
             matching = tuple(m for m in MATCHING.names() if m != "none")

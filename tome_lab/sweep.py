@@ -147,10 +147,8 @@ def _field_types() -> dict[str, Any]:
 
 def plugin_options() -> list[str]:
     """Keyword options taken by any registered matching or schedule plug-in."""
-    from tome_lab.config import _plugins
     from tome_lab.registry import MATCHING, SCHEDULES
 
-    _plugins()
     names: set[str] = set()
     for registry in (MATCHING, SCHEDULES):
         for plugin in registry.names():
@@ -249,10 +247,9 @@ def _choices(path: str) -> tuple[list[str], Any] | None:
     plug-in kinds are checked here without editing this file.
     """
     from tome_lab import registry as reg
-    from tome_lab.config import _DTYPES, _plugins
+    from tome_lab.config import _DTYPES
     from tome_lab.merge import DISTANCES
 
-    _plugins()
     if path == "tome.distance":
         return list(DISTANCES), None
     if path == "eval.dtype":
