@@ -180,3 +180,15 @@ def test_config_and_the_parsers_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT.parent)
     assert out.returncode == 0, f"importing config pulls in {out.stdout.strip()}{out.stderr}"
+
+
+def test_the_spoken_digits_generator_knows_no_dataset_nor_model():
+    """The synthesis (and its command) sits below the dataset and the model, which read it."""
+    top, inner = import_graph()
+    synth = "tome_lab.tasks.spoken_digits_synth"
+    assert synth in top["tome_lab.tasks.spoken_digits"]
+    reaches = top[synth] | inner[synth]
+    assert not reaches & {"tome_lab.models", "tome_lab.tasks.spoken_digits", "tome_lab.registry"}
+    from tome_lab.tasks import spoken_digits, spoken_digits_synth
+
+    assert spoken_digits.main is spoken_digits_synth.main  # one command, two spellings
