@@ -86,45 +86,4 @@ def test_run_keeps_a_crash_a_crash():
     assert cli.run("x", lambda: (_ for _ in ()).throw(cli.UsageError("bad"))) == 2
 
 
-def _readme_commands():
-    """The command lines of the README's Commands section (continuations joined)."""
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("<!-- section: commands -->")[1].split("<!-- /section: commands -->")[0]
-    lines = []
-    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
-        for cmd in block.replace("\\\n", " ").splitlines():
-            cmd = cmd.split(" #")[0].strip()
-            if cmd.startswith("python -m tome_lab."):
-                lines.append(cmd)
-    return lines
-
-
-def test_readme_has_commands():
-    assert len(_readme_commands()) >= 10
-
-
-@pytest.mark.parametrize("line", _readme_commands())
-def test_readme_commands_parse_to_valid_configurations(line, tmp_path):
-    """Every command line the README shows parses and validates (nothing is run)."""
-    import importlib
-    import shlex
-
-    from tome_lab.config import ExperimentConfig, to_dict
-
-    point = tmp_path / "config.yaml"
-    point.write_text(yaml.safe_dump(to_dict(ExperimentConfig())))
-    argv = shlex.split(line.replace("runs/matching/<point>/config.yaml", str(point)))
-    module = argv[2]
-    if module == "tome_lab.ablate":
-        return
-    mod = importlib.import_module(module)
-    parser = mod.build_parser()
-    cls = {"tome_lab.evaluate": "ExperimentConfig", "tome_lab.train": "TrainRunConfig",
-           "tome_lab.bench": "BenchRunConfig"}[module]
-    from tome_lab import config
-
-    cfg, _ = cli.parse(parser, getattr(config, cls), argv[3:], mod.ALIASES)
-    assert isinstance(cfg, getattr(config, cls))
+# The README and the docs commands are parsed by tests/test_docs.py (every fenced command).
