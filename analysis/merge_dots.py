@@ -9,7 +9,7 @@ and last the tokens pruning (attention criterion) at the same r keeps after bloc
 dropped patches). The caption counts, over the whole test split after block 8, how the tokens
 holding a red-dot patch are made up: a patch is "red" if any of its pixels belongs to a red dot
 (the generator records every dot's centre), "distractor" if it holds only other dots' pixels,
-"background" otherwise.
+"background" otherwise; and how many patches of each kind pruning keeps after block 8.
 """
 
 from __future__ import annotations
@@ -64,6 +64,13 @@ def composition(groups: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
             "with_distractor": mixed_dis / tokens, "red_patches_per_token": red / tokens}
 
 
+def kept(groups: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
+    """Share of red-dot, distractor and background patches whose token survives (pruning)."""
+    alive = groups != vis.DROPPED  # (N, P)
+    return {name: float(alive[kinds == k].mean())
+            for k, name in ((2, "red"), (1, "distractor"), (0, "background"))}
+
+
 def main() -> int:
     torch.set_num_threads(2)
     s = d.generate("test")
@@ -75,7 +82,10 @@ def main() -> int:
     with torch.no_grad():
         after8 = torch.cat([vis.trace_groups(model, x[i:i + 250], layers=True)[:, 7]
                             for i in range(0, len(x), 250)]).numpy()  # (N, 196)
-    stats = composition(after8, patch_kinds(s))
+        pruned8 = torch.cat([vis.trace_groups(pruned, x[i:i + 250], layers=True)[:, 7]
+                             for i in range(0, len(x), 250)]).numpy()  # (N, 196)
+    kinds = patch_kinds(s)
+    stats, alive = composition(after8, kinds), kept(pruned8, kinds)
     rows = []
     for i in ROWS:
         img = s.images[i]
@@ -93,7 +103,10 @@ def main() -> int:
         f"red-dot patch: {100 * stats['only_red']:.0f}% hold only red-dot patches, "
         f"{100 * stats['with_background']:.0f}% also background, "
         f"{100 * stats['with_distractor']:.0f}% also another dot "
-        f"({stats['red_patches_per_token']:.1f} red-dot patches per token).")
+        f"({stats['red_patches_per_token']:.1f} red-dot patches per token). Pruning by "
+        f"attention at r={R} keeps, after block 8, {100 * alive['red']:.0f}% of the red-dot "
+        f"patches, {100 * alive['distractor']:.0f}% of the distractor and "
+        f"{100 * alive['background']:.0f}% of the background patches.")
     print(caption)
     fig = vis.figure(rows, size=1.7, caption=caption)
     plots.save(fig, OUT, command=" ".join(["analysis/merge_dots.py", *sys.argv[1:]]))
