@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/dots_errors.py "r=18" "prop_attn=false r=18" \\
         "matching=pruning r=18" "matching=pruning criterion=random r=18" \\
         --json benchmarks/tasks/dots_errors.jsonl
+    .venv/bin/python benchmarks/dots_errors.py --table benchmarks/tasks/dots_errors.jsonl
 
 Each argument is one setting in the words of ``benchmarks/paired_sweep.py`` (``r`` defaults
 to 4 there; give it). On all 2,000 ``test`` images with ``vit_dots``' zoo weights (or
@@ -37,13 +38,31 @@ def predictions(model: torch.nn.Module, loader) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(pred), np.concatenate(true)
 
 
+def table(rows: list[dict]) -> str:
+    """The rows of one ``--json`` file as a Markdown table."""
+    lines = ["| setting | top-1 | counted too high [95% CI] | counted too low [95% CI] | "
+             "mean error (predicted - true) |", "|---|---|---|---|---|"]
+    lines += [f"| `{r['setting']}` | {r['top1']:.1f} | {r['over']:.1f} [{r['over_low']:.1f}, "
+              f"{r['over_high']:.1f}] | {r['under']:.1f} [{r['under_low']:.1f}, "
+              f"{r['under_high']:.1f}] | {r['mean_error']:+.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("settings", nargs="+", help="space-separated key=value words per setting")
+    ap.add_argument("settings", nargs="*", help="space-separated key=value words per setting")
     ap.add_argument("--checkpoint", help="weights file (default: the zoo checkpoint)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write one JSON line per setting to this file")
+    ap.add_argument("--table", metavar="JSONL", help="print the Markdown table of a --json "
+                    "file and exit (SETTINGS are then ignored)")
     args = ap.parse_args()
+    if args.table:
+        from pathlib import Path
+
+        text = Path(args.table).read_text()
+        print(table([json.loads(line) for line in text.splitlines() if line.strip()]))
+        return
     torch.set_num_threads(args.threads)
     base = create_model(ModelConfig(name="vit_dots", checkpoint=args.checkpoint)).eval()
     loader = build_loader(DataConfig(name="dots"), base)

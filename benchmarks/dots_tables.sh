@@ -12,10 +12,14 @@
 #   dots_more.jsonl        what task_tables.sh leaves out: pruning by norm and at random,
 #                          truncation, mean without proportional attention, no merging
 #   dots_linear_val.jsonl  every linear schedule within 1% of r = 18's GFLOPs, on val
-#   dots_linear.jsonl      the best of them (chosen on val) on test, merging against pruning
+#   dots_linear.jsonl      the best of them (chosen on val) on test against constant r = 18
+#                          (and, under it, pruning and the ablated mechanisms)
+#   dots_linear_knobs.jsonl  under that schedule, bipartite + proportional attention + wavg
+#                          against the ablated mechanisms and pruning
 #   dots_r_sweep.jsonl     off the shelf against trained with merging (r = 16), r = 0 .. 20
 #   dots_tome16.jsonl      the trained-with-merging checkpoint at r = 18: bipartite against
 #                          its ablations and pruning
+#   dots_errors.jsonl      which way each setting miscounts (over / under the true count)
 # Format them with benchmarks/paired_table.py (benchmarks/tasks/DOTS.md shows them all). Run from
 # the repository root (about 40 minutes on the shared 2-core machine):
 #   benchmarks/dots_tables.sh
@@ -43,6 +47,11 @@ BEST=$($PY benchmarks/best_linear.py --model vit_dots --data dots --r $R --threa
 $PY benchmarks/paired_sweep.py "${S[@]}" "r=$R" "$BEST r=$R" "$BEST matching=pruning r=$R" \
   "$BEST matching=pruning criterion=norm r=$R" "$BEST prop_attn=false r=$R" \
   "$BEST combine=mean r=$R" --json $OUT/dots_linear.jsonl > runs/tables/dots_linear.txt
+$PY benchmarks/paired_sweep.py "${S[@]}" "$BEST r=$R" "$BEST prop_attn=false r=$R" \
+  "$BEST combine=mean r=$R" "$BEST combine=keep r=$R" "$BEST combine=max r=$R" \
+  "$BEST matching=pruning r=$R" "$BEST matching=pruning criterion=norm r=$R" \
+  "$BEST matching=pruning criterion=random r=$R" \
+  --json $OUT/dots_linear_knobs.jsonl > runs/tables/dots_linear_knobs.txt
 
 $PY benchmarks/r_sweep.py --model vit_dots --data dots \
   --ckpt off_the_shelf=$ZOO/vit_dots.safetensors \
@@ -54,3 +63,8 @@ $PY benchmarks/paired_sweep.py "${S[@]}" --checkpoint $ZOO/vit_dots_tome16.safet
   "matching=bipartite r=$R" "prop_attn=false r=$R" "combine=mean r=$R" \
   "matching=pruning r=$R" "matching=pruning criterion=norm r=$R" "r=0" \
   --json $OUT/dots_tome16.jsonl > runs/tables/dots_tome16.txt
+
+$PY benchmarks/dots_errors.py --threads "$TH" "r=0" "r=$R" "prop_attn=false r=$R" \
+  "combine=mean r=$R" "matching=pruning r=$R" "matching=pruning criterion=norm r=$R" \
+  "matching=pruning criterion=random r=$R" "matching=truncate r=$R" \
+  --json $OUT/dots_errors.jsonl > runs/tables/dots_errors.txt
