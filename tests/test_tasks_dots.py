@@ -187,6 +187,21 @@ def test_evaluate_end_to_end():
     assert out["n_images"] == 8 and out["tokens"] == TOKENS_R16
 
 
+def test_zoo_weights_load_from_the_local_file_without_probing_the_network(monkeypatch):
+    from tome_lab import models
+    from tome_lab.models import create_model
+
+    def no_probe(*a, **k):
+        raise AssertionError("the network was probed for a model whose weights are local")
+
+    monkeypatch.setattr(models, "_online", no_probe)
+    m = create_model(ModelConfig(name="vit_dots", pretrained=True))
+    assert timm.models.get_pretrained_cfg("vit_dots").file == str(d.ZOO_CHECKPOINT)
+    ref = models.load_checkpoint(_model(), d.ZOO_CHECKPOINT)
+    for (k, a), (_, b) in zip(m.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
 def test_pretrained_without_checkpoint_says_how_to_train(monkeypatch, tmp_path):
     monkeypatch.setattr(d, "ZOO_CHECKPOINT", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="python -m tome_lab.train"):
