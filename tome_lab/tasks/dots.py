@@ -122,7 +122,7 @@ def _place(rng: np.random.Generator, used: np.ndarray) -> np.ndarray:
             ok = ((d2 >= MIN_DIST**2) | (prev[..., 0] < 0)).all(1)
             centres[todo[ok], j] = c[ok]
             todo = todo[~ok]
-        else:  # pragma: no cover - the canvas holds far more dots than MAX_* allow
+        if todo.size:  # pragma: no cover - the canvas holds far more dots than MAX_* allow
             raise RuntimeError("could not place the dots apart; lower MAX_COUNT")
     return centres
 
