@@ -235,13 +235,22 @@ def test_a_missing_data_file_fails(tmp_path):
 
 
 def test_search_counts_distinct_comparisons():
-    """The issue's example: 22 budgets in the winning range are 17 distinct comparisons."""
-    import json
+    """Budgets that pick the same (searched, baseline) pair are one comparison (the issue's
+    example: 22 budget rows of the first benchmark were 17 distinct comparisons)."""
 
-    d = json.loads((ROOT / "benchmarks/search_bench144.json").read_text())
+    def row(budget, searched, baseline, low, est=0.05):
+        return {"budget": budget, "searched": searched, "baseline": baseline,
+                "diff": None if low is None else {"low": low, "estimate": est}}
+
+    d = {"budgets": [row(0.03, [4, 2], "constant r=4", 0.01),
+                     row(0.04, [4, 2], "constant r=4", 0.01),   # the same pair again
+                     row(0.05, [3, 1], "constant r=4", 0.02, 0.08),
+                     row(0.06, [3, 1], "decreasing r=2", -0.01),  # a tie: not a win
+                     row(0.07, [2, 0], "constant r=2", None)]}  # nothing to compare
     c = report.search_comparisons(d)
-    in_range = [b for b in d["budgets"] if c["lo"] <= b["budget"] <= c["hi"]]
-    assert (len(in_range), c["wins"]) == (22, 17)
+    assert (c["budgets"], c["distinct"], c["wins"]) == (5, 3, 2)
+    assert (c["lo"], c["hi"]) == (0.03, 0.05)
+    assert (c["gain_lo"], c["gain_hi"]) == pytest.approx((5.0, 8.0))
 
 
 def test_the_paired_table_script_prints_the_docs_table(capsys, monkeypatch):
