@@ -129,6 +129,33 @@ def finish_zoo_model(model: nn.Module, cfg: dict[str, Any], pretrained: bool,
     return model
 
 
+def build_zoo_model(cls: Callable[..., nn.Module], defaults: dict[str, Any],
+                    kwargs: dict[str, Any], base_cfg: dict[str, Any], name: str,
+                    pretrained: bool, checkpoint: Path) -> nn.Module:
+    """Builds one of tome_lab's own ViTs: ``kwargs`` over ``defaults`` (timm's own plumbing
+    keywords dropped), its pretrained config with the input size it was built for, and, if
+    asked, its committed weights (:func:`finish_zoo_model`).
+
+    Args:
+        cls: the timm model class (``VisionTransformer``, ``VisionTransformerDistilled``).
+        defaults: the model's architecture.
+        kwargs: what the caller of the model function overrides.
+        base_cfg: its timm pretrained config.
+        name: its registered name (also the name of its zoo record).
+        pretrained: load ``checkpoint``.
+        checkpoint: its zoo checkpoint.
+    """
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    args = {**defaults, **kwargs}
+    model = cls(**args)
+    cfg = dict(base_cfg, architecture=name)
+    cfg["input_size"] = (args["in_chans"], *model.patch_embed.img_size)
+    return finish_zoo_model(
+        model, cfg, pretrained, checkpoint,
+        f"train it with `python -m tome_lab.train` (tome_lab/zoo/{name}.json holds the command)")
+
+
 def _register() -> None:
     from tome_lab.registry import TIMM_MODELS, import_plugins
 
@@ -148,21 +175,10 @@ def vit_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """
     from timm.models.deit import VisionTransformerDistilled
 
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    kwargs.pop("cache_dir", None)
-    args: dict[str, Any] = dict(
+    return build_zoo_model(VisionTransformerDistilled, dict(
         img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=12,
         num_heads=4, mlp_ratio=2.0, embed_layer=ConvStem, class_token=True,
-        global_pool="token")
-    args.update(kwargs)
-    model = VisionTransformerDistilled(**args)
-    cfg = dict(_DIGITS_CFG, architecture=EMBEDDED)
-    cfg["input_size"] = (args["in_chans"], args["img_size"], args["img_size"])
-    return finish_zoo_model(
-        model, cfg, pretrained, ZOO_CHECKPOINT,
-        "train it with `python -m tome_lab.train` (see tome_lab/zoo/vit_digits.json for the "
-        "command)")
+        global_pool="token"), kwargs, _DIGITS_CFG, EMBEDDED, pretrained, ZOO_CHECKPOINT)
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:

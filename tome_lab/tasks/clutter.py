@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
 from tome_lab.data import _check_classes, _mnist_arrays, _to_model_input, generator_version
-from tome_lab.models import ConvStem, finish_zoo_model, register_once
+from tome_lab.models import ConvStem, build_zoo_model, register_once
 from tome_lab.registry import DATASETS
 
 SEED = 2023  # fixes the pools, the placements and the clutter of every split
@@ -173,20 +173,11 @@ def vit_clutter(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """
     from timm.models.deit import VisionTransformerDistilled
 
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    args: dict[str, Any] = dict(
+    return build_zoo_model(VisionTransformerDistilled, dict(
         img_size=CANVAS, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=12,
         num_heads=2, mlp_ratio=2.0, embed_layer=ConvStem, class_token=True,
-        global_pool="token")
-    args.update(kwargs)
-    model = VisionTransformerDistilled(**args)
-    cfg = dict(_CLUTTER_CFG, architecture=MODEL)
-    cfg["input_size"] = (args["in_chans"], args["img_size"], args["img_size"])
-    return finish_zoo_model(
-        model, cfg, pretrained, ZOO_CHECKPOINT,
-        "train it with `python -m tome_lab.train` (see tome_lab/zoo/vit_clutter.json for the "
-        "command)")
+        global_pool="token"), kwargs, _CLUTTER_CFG, MODEL, pretrained,
+        ZOO_CHECKPOINT)
 
 
 register_once(vit_clutter)

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
 from tome_lab.data import DataError, _check_classes, generator_version
-from tome_lab.models import ConvStem, finish_zoo_model, register_once
+from tome_lab.models import ConvStem, build_zoo_model, register_once
 from tome_lab.registry import DATASETS
 
 VERSION = 1  # the generator's version: bump it with any change to what generate() draws
@@ -218,20 +218,10 @@ def vit_dots(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """
     from timm.models.vision_transformer import VisionTransformer
 
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    args: dict[str, Any] = dict(
+    return build_zoo_model(VisionTransformer, dict(
         img_size=CANVAS, patch_size=4, in_chans=3, num_classes=MAX_COUNT + 1, embed_dim=64,
         depth=12, num_heads=2, mlp_ratio=2.0, embed_layer=ConvStem, class_token=True,
-        global_pool="token")
-    args.update(kwargs)
-    model = VisionTransformer(**args)
-    cfg = dict(_DOTS_CFG, architecture=MODEL)
-    cfg["input_size"] = (args["in_chans"], args["img_size"], args["img_size"])
-    return finish_zoo_model(
-        model, cfg, pretrained, ZOO_CHECKPOINT,
-        "train it with `python -m tome_lab.train` (see tome_lab/zoo/vit_dots.json for the "
-        "command)")
+        global_pool="token"), kwargs, _DOTS_CFG, MODEL, pretrained, ZOO_CHECKPOINT)
 
 
 register_once(vit_dots)

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from tome_lab.config import DataConfig
 from tome_lab.data import DataError, _check_classes, _mnist_arrays, generator_version
-from tome_lab.models import finish_zoo_model, register_once
+from tome_lab.models import build_zoo_model, register_once
 from tome_lab.registry import DATASETS
 
 SEED = 2024  # fixes the pools, the digits' paths and the noise of every split
@@ -219,21 +219,12 @@ def vit_video_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """
     from timm.models.vision_transformer import VisionTransformer
 
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
     tube = {k: kwargs.pop(k) for k in ("num_frames", "tubelet") if k in kwargs}
-    args: dict[str, Any] = dict(
+    return build_zoo_model(VisionTransformer, dict(
         img_size=SIZE, patch_size=4, in_chans=1, num_classes=len(DIRECTIONS), embed_dim=64,
         depth=12, num_heads=2, mlp_ratio=2.0, embed_layer=functools.partial(TubeEmbed, **tube),
-        class_token=False, global_pool="avg")
-    args.update(kwargs)
-    model = VisionTransformer(**args)
-    cfg = dict(_VIDEO_CFG, architecture=MODEL)
-    cfg["input_size"] = (args["in_chans"], *model.patch_embed.img_size)
-    return finish_zoo_model(
-        model, cfg, pretrained, ZOO_CHECKPOINT,
-        f"train it with `python -m tome_lab.train --model {MODEL} --data moving_digits "
-        f"--teacher none --no-augment` (tome_lab/zoo/{MODEL}.json holds the full command)")
+        class_token=False, global_pool="avg"), kwargs, _VIDEO_CFG, MODEL, pretrained,
+        ZOO_CHECKPOINT)
 
 
 register_once(vit_video_digits)

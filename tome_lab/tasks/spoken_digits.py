@@ -238,19 +238,12 @@ def vit_audio_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """
     from timm.models.vision_transformer import VisionTransformer
 
-    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(k, None)
-    args: dict[str, Any] = dict(
+    from tome_lab.models import build_zoo_model
+
+    return build_zoo_model(VisionTransformer, dict(
         img_size=(N_MELS, FRAMES), patch_size=(8, 8), in_chans=1, num_classes=10, embed_dim=64,
         depth=8, num_heads=2, mlp_ratio=2.0, embed_layer=SpecStem, class_token=False,
-        global_pool="avg", fc_norm=True)
-    args.update(kwargs)
-    model = VisionTransformer(**args)
-    from tome_lab.models import finish_zoo_model
-
-    return finish_zoo_model(
-        model, dict(_AUDIO_CFG, architecture=MODEL), pretrained, ZOO_CHECKPOINT,
-        f"train it with `python -m tome_lab.train` (see tome_lab/zoo/{MODEL}.json)")
+        global_pool="avg", fc_norm=True), kwargs, _AUDIO_CFG, MODEL, pretrained, ZOO_CHECKPOINT)
 
 
 # timm reads a registered model's pretrained config from its module's ``default_cfgs``.
