@@ -7,13 +7,8 @@ This module is the dataset and the model; the generator they read (voices, rende
 features, split files and the command) is :mod:`tome_lab.tasks.spoken_digits_synth`, whose
 names are re-exported here.
 
-**Clips.** Each *speaker* is one espeak-ng voice setting: an English accent (``-v``), a
-voice variant (``+variant``), a speaking rate (``-s``, words per minute), a pitch (``-p``)
-and an amplitude (``-a``). Each speaker says the ten digits, one clip each. A clip is the
-synthesised word, trimmed of silence, placed at a random offset in a fixed window, scaled by a
-random gain and mixed with white noise at a random signal-to-noise ratio. Everything is
-drawn from numpy generators seeded by ``SEED``, the split and the clip's index, so clip ``i``
-of a split is the same whatever order (or process) makes it.
+**Clips.** Each *speaker* (one espeak-ng voice setting) says the ten digits, one clip each,
+in noise; how a clip is drawn is in :mod:`tome_lab.tasks.spoken_digits_synth`.
 
 **Splits** (disjoint voice settings between training and test):
 
