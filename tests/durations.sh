@@ -20,10 +20,13 @@ tier() {  # tier NAME PYTEST_ARGS...
     load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
     start=$(date +%s.%N)
     rc=0
-    "$PY" -m pytest -q -rs -p no:cacheprovider --durations=25 "$@" >"$log" 2>&1 || rc=$?
+    # a module that fails to import is reported (in the summary) without hiding the others' times
+    "$PY" -m pytest -q -rfEs -p no:cacheprovider --continue-on-collection-errors --durations=25 \
+        "$@" >"$log" 2>&1 || rc=$?
     end=$(date +%s.%N)
     {
-        echo "# ${name} tier: python -m pytest -q -rs --durations=25 $*"
+        echo "# ${name} tier: python -m pytest -q -rfEs --continue-on-collection-errors" \
+             "--durations=25 $(printf '%q ' "$@")"
         echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit: $(git rev-parse --short HEAD)$(
             git diff --quiet HEAD -- tome_lab tests || echo ' (with local changes)')"
         echo "# machine: $(nproc) CPUs, $(uname -m); load average (1, 5, 15 min) before:" \
@@ -31,7 +34,11 @@ tier() {  # tier NAME PYTEST_ARGS...
         echo "# wall time: $(awk "BEGIN { printf \"%.0f\", $end - $start }") s;" \
              "pytest exit status: ${rc}"
         echo
-        sed -n '/slowest 25 durations/,$p' "$log"
+        if grep -q "slowest 25 durations" "$log"; then
+            sed -n '/slowest 25 durations/,$p' "$log"
+        else  # it stopped before any test ran: say why
+            tail -n 30 "$log"
+        fi
     } >"benchmarks/test_durations_${name}.txt"
     rm -f "$log"
     echo "benchmarks/test_durations_${name}.txt: $(tail -n 1 "benchmarks/test_durations_${name}.txt")"
