@@ -31,10 +31,11 @@ def clean(request):
     """The ``val`` split drawn again without pixel noise (same seed, so the same dots)."""
     mp = pytest.MonkeyPatch()
     mp.setattr(d, "NOISE", 0.0)
-    try:
-        yield d._generate.__wrapped__("val")
+    try:  # undone before any test runs: NOISE stays 0 only while this split is drawn
+        split = d._generate.__wrapped__("val")
     finally:
         mp.undo()
+    return split
 
 
 def test_generator_is_deterministic_cached_and_versioned():
