@@ -26,7 +26,7 @@ tier() {  # tier NAME PYTEST_ARGS...
     end=$(date +%s.%N)
     {
         echo "# ${name} tier: python -m pytest -q -rfEs --continue-on-collection-errors" \
-             "--durations=25 $(printf '%q ' "$@")"
+             "--durations=25${*:+ $(printf '%q ' "$@")}"
         echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit: $(git rev-parse --short HEAD)$(
             git diff --quiet HEAD -- tome_lab tests || echo ' (with local changes)')"
         echo "# machine: $(nproc) CPUs, $(uname -m); load average (1, 5, 15 min) before:" \
