@@ -426,6 +426,7 @@ launch.run(pts, sys.argv[1], launch_fns.FN, progress=False)
 """
 
 
+@pytest.mark.full  # starts two processes (the rule in tests/README.md)
 def test_two_launches_of_one_sweep_at_once_run_each_point_once(tmp_path, control):
     import subprocess
     import sys
