@@ -241,80 +241,10 @@ def remove_stale_temps(folder: str | os.PathLike[str], older_than_s: float = TEM
 
 # --------------------------------------------------------------------------- environment
 
-def _git_dir(src: Path) -> tuple[Path, Path] | None:
-    """The git directory of the work tree that holds ``src`` (a ``.git`` folder, or the one a
-    worktree's ``.git`` file points to) and the work tree's root, or None."""
-    for folder in (src, *src.parents):
-        dot = folder / ".git"
-        if dot.is_dir():
-            return dot, folder
-        if dot.is_file():
-            text = dot.read_text(encoding="utf-8", errors="replace").strip()
-            if not text.startswith("gitdir:"):
-                return None
-            path = Path(text[len("gitdir:"):].strip())
-            return (path if path.is_absolute() else (folder / path).resolve()), folder
-    return None
-
-
-# git's own rule for "racily clean" files: a file changed within this many nanoseconds of the
-# look may change again within one timestamp tick, its mtime and size unchanged
-_RACY_NS = 2_000_000_000
-
-
-def _git_inputs(src: Path) -> tuple | None:
-    """What ``git status -- src`` and ``HEAD`` depend on, as a cheap key: the stat of every file
-    and folder under ``src``, of the work tree's ignore files and of git's HEAD, index and refs.
-    None when there is no git directory, or when something changed too recently for its
-    timestamp to be trusted (see ``_RACY_NS``): then nothing is cached."""
-    found = _git_dir(src)
-    if found is None:
-        return None
-    git, root = found
-    common = git
-    if (git / "commondir").is_file():  # a linked worktree keeps its refs in the main one
-        common = (git / (git / "commondir").read_text(encoding="utf-8").strip()).resolve()
-    paths = [git / "HEAD", git / "index", common / "packed-refs", common / "info" / "exclude",
-             root / ".gitignore"]
-    try:
-        head = (git / "HEAD").read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    if head.startswith("ref:"):
-        ref = head[len("ref:"):].strip()
-        paths += [git / ref, common / ref]
-    for folder, dirs, files in os.walk(src):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]  # ignored by git, rewritten by Python
-        paths += [Path(folder), *(Path(folder) / f for f in files)]
-    key, newest = [head], 0
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            key.append((str(path), None))
-            continue
-        key.append((str(path), st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
-        newest = max(newest, st.st_mtime_ns)
-    if time.time_ns() - newest < _RACY_NS:
-        return None
-    return tuple(key)
-
-
-_GIT_CACHE: dict[Path, tuple[tuple, tuple[str | None, bool | None]]] = {}
-
-
 def _git_revision(src: Path | None = None) -> tuple[str | None, bool | None]:
-    """The git commit of the tome_lab source tree and whether it has local changes.
-
-    One ``git status`` per answer, and answers are kept per process for as long as the
-    files they depend on keep their stat (see ``_git_inputs``): a sweep writes a record per
-    point, and each record asks.
-    """
+    """The git commit of the tome_lab source tree and whether it has local changes, from one
+    ``git status --porcelain=v2 --branch`` (the commit and the changes in one call)."""
     src = Path(__file__).resolve().parent if src is None else Path(src)
-    key = _git_inputs(src)
-    cached = _GIT_CACHE.get(src)
-    if key is not None and cached is not None and cached[0] == key:
-        return cached[1]
     try:
         out = subprocess.run(["git", "-C", str(src), "status", "--porcelain=v2", "--branch",
                               "--", "."], capture_output=True, text=True, timeout=5,
@@ -328,10 +258,7 @@ def _git_revision(src: Path | None = None) -> tuple[str | None, bool | None]:
             rev = None if oid == "(initial)" else oid
         elif not line.startswith("#"):
             dirty = True
-    answer = (rev, dirty)
-    if key is not None:
-        _GIT_CACHE[src] = (key, answer)
-    return answer
+    return rev, dirty
 
 
 def code_revision() -> str | None:
