@@ -94,9 +94,9 @@ def exclusive(path: str | os.PathLike[str], timeout: float = 600.0,
               stale_s: float = LOCK_STALE_S, poll_s: float = 0.05) -> Iterator[None]:
     """Holds the lock file ``path`` for the duration: created with ``O_CREAT | O_EXCL``.
 
-    Exclusive creation is atomic on local disks and on the network and cluster file systems
-    that ``flock`` is not reliable on (NFS, Lustre, GPFS). The file names its holder (host,
-    pid, time); a lock whose holder died on this host, or older than ``stale_s``, is broken.
+    Exclusive creation rather than ``flock``, which some network file systems do not honour
+    (the tests exercise a local disk only). The file names its holder (host, pid, time); a
+    lock whose holder died on this host, or older than ``stale_s``, is broken.
 
     Raises:
         TimeoutError: a live holder kept it for more than ``timeout`` seconds.

@@ -616,7 +616,7 @@ def _ask_lock(study: Any) -> Iterator[None]:
     if path is None:
         yield
         return
-    with results.exclusive(f"{path}.ask.lock"):  # O_EXCL: sound on cluster file systems
+    with results.exclusive(f"{path}.ask.lock"):  # O_EXCL, not flock
         yield
 
 
