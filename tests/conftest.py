@@ -28,6 +28,21 @@ def tiny_vit(name: str = "deit_tiny_patch16_224", **kw):
     return timm.create_model(name, pretrained=False, **defaults).eval()
 
 
+def patched_at_r0_then_r(model, x, r: int):
+    """Checks that ``model`` patched at r=0 computes what it computed unpatched, then patches
+    it at ``r`` (source tracing on) and returns ``(unpatched output, merged output, state)``."""
+    import tome_lab
+
+    with torch.no_grad():
+        ref = model(x)
+        tome_lab.apply_tome(model, r=0)
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+        tome_lab.apply_tome(model, r=r, trace_source=True)
+        out = model(x)
+    assert torch.isfinite(out).all()
+    return ref, out, tome_lab.tome_state(model)
+
+
 # A recorded top-1 is reproduced to within this many test images: exact equality breaks across
 # BLAS builds and thread counts, where a near-tie between two logits can flip an image.
 TOP1_IMAGES = 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import assert_top1_reproduces
+from conftest import assert_top1_reproduces, patched_at_r0_then_r
 
 import tome_lab
 from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
@@ -234,15 +234,9 @@ def test_spec_stem_rejects_other_strides_and_sizes():
 def test_patch_at_r0_equals_unpatched_and_merges_at_r():
     m = _model()
     x = torch.randn(3, 1, 64, 128)
-    with torch.no_grad():
-        ref = m(x)
-        tome_lab.apply_tome(m, r=0)
-        torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
-        tome_lab.apply_tome(m, r=12, trace_source=True)
-        out = m(x)
-    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    ref, out, state = patched_at_r0_then_r(m, x, 12)
+    assert out.shape == (3, 10)
     assert not torch.allclose(out, ref, atol=1e-4)
-    state = tome_lab.tome_state(m)
     assert list(state.tokens) == [128 - 12 * (i + 1) for i in range(8)]
     assert state.size.sum(1).flatten().tolist() == [128.0] * 3  # every patch accounted for
     tome_lab.remove_tome(m)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import assert_top1_reproduces
+from conftest import assert_top1_reproduces, patched_at_r0_then_r
 
 import tome_lab
 from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
@@ -105,15 +105,8 @@ def test_model_has_196_patch_tokens_and_two_prefix_tokens():
 
 def test_patch_at_r0_equals_unpatched_and_merges_at_r():
     m = _model()
-    x = torch.randn(2, 1, 56, 56)
-    with torch.no_grad():
-        ref = m(x)
-        tome_lab.apply_tome(m, r=0)
-        torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
-        tome_lab.apply_tome(m, r=8, trace_source=True)
-        out = m(x)
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
-    state = tome_lab.tome_state(m)
+    _, out, state = patched_at_r0_then_r(m, torch.randn(2, 1, 56, 56), 8)
+    assert out.shape == (2, 10)
     assert list(state.tokens) == [198 - 8 * (i + 1) for i in range(12)]
     assert state.size.sum(1).flatten().tolist() == [198.0, 198.0]  # every token accounted for
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import patched_at_r0_then_r
 from scipy import ndimage
 
 import tome_lab
@@ -154,15 +155,8 @@ def test_model_has_196_patch_tokens_and_a_class_token():
 
 def test_patch_at_r0_equals_unpatched_and_merges_at_r():
     m = _model()
-    x = torch.randn(2, 3, 56, 56)
-    with torch.no_grad():
-        ref = m(x)
-        tome_lab.apply_tome(m, r=0)
-        torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
-        tome_lab.apply_tome(m, r=16, trace_source=True)
-        out = m(x)
-    assert out.shape == (2, d.MAX_COUNT + 1) and torch.isfinite(out).all()
-    state = tome_lab.tome_state(m)
+    _, out, state = patched_at_r0_then_r(m, torch.randn(2, 3, 56, 56), 16)
+    assert out.shape == (2, d.MAX_COUNT + 1)
     assert list(state.tokens) == TOKENS_R16
     assert state.size.sum(1).flatten().tolist() == [197.0, 197.0]  # every token accounted for
 

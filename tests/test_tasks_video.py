@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import assert_top1_reproduces
+from conftest import assert_top1_reproduces, patched_at_r0_then_r
 
 import tome_lab
 from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
@@ -110,15 +110,8 @@ def test_tube_embedding_is_a_strided_3d_patchify():
 
 def test_patch_at_r0_equals_unpatched_and_merges_across_frames_at_r():
     m = _model()
-    x = torch.randn(2, 1, 8, 32, 32)
-    with torch.no_grad():
-        ref = m(x)
-        tome_lab.apply_tome(m, r=0)
-        torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
-        tome_lab.apply_tome(m, r=16, trace_source=True)
-        out = m(x)
-    assert out.shape == (2, 8) and torch.isfinite(out).all()
-    st = tome_lab.tome_state(m)
+    _, out, st = patched_at_r0_then_r(m, torch.randn(2, 1, 8, 32, 32), 16)
+    assert out.shape == (2, 8)
     assert list(st.tokens) == [256 - 16 * (i + 1) for i in range(12)]
     src = st.source  # (B, N_out, 256): which input tokens each output token holds
     assert src.sum(-1).flatten().tolist() == st.size.flatten().tolist()
