@@ -151,7 +151,8 @@ def _parse_module(module: str, args: list[str]) -> None:
 
             plots._parser().parse_args(args)
         else:  # argparse built inside main (launch, report, tasks.*): the flags it defines
-            _flags_in_source(ROOT / "tome_lab" / (module.replace(".", "/") + ".py"), args)
+            path = ROOT / "tome_lab" / module.replace(".", "/")
+            _flags_in_source(path if path.is_dir() else path.with_suffix(".py"), args)
     except (ValueError, cli.UsageError) as err:
         pytest.fail(f"python -m tome_lab.{module} {shlex.join(args)}: {err}")
     except SystemExit as exc:
@@ -160,8 +161,9 @@ def _parse_module(module: str, args: list[str]) -> None:
 
 
 def _flags_in_source(path: Path, args: list[str]) -> None:
-    """Every ``--flag`` given to a script is defined in its source."""
-    source = path.read_text()
+    """Every ``--flag`` given to a script is defined in its source (a package: its modules)."""
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    source = "\n".join(f.read_text() for f in files)
     for a in args:
         if a.startswith("--"):
             flag = a.split("=", 1)[0]

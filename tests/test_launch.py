@@ -384,7 +384,8 @@ def test_ablate_bad_launch_flags_exit_2(flags, message, tmp_path, capsys):
 def test_ablate_slurm_without_sbatch_exits_2(tmp_path, monkeypatch, capsys):
     from tome_lab.ablate import main
 
-    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    # the backend that looks for sbatch (shutil is one module: squeue disappears too)
+    monkeypatch.setattr(launch.backends.shutil, "which", lambda name: None)
     assert main(["r=1", "--out", str(tmp_path / "s"), "--launcher", "slurm"]) == 2
     assert "--launcher slurm needs Slurm's sbatch" in capsys.readouterr().err
 
@@ -447,6 +448,6 @@ def test_two_launches_of_one_sweep_at_once_run_each_point_once(tmp_path, control
 def test_a_claim_is_newer_than_a_result_as_a_time_not_a_string():
     claim = {"submitted": "2026-12-06T10:30:00+02:00"}  # 08:30 UTC
     old = {"finished": "2026-12-06T09:00:00+00:00"}  # later, though smaller as a string
-    assert not launch._newer(claim, old)
-    assert launch._newer({"submitted": "2026-12-06T11:30:00+02:00"}, old)
-    assert launch._newer(claim, None)
+    assert not launch.claims._newer(claim, old)
+    assert launch.claims._newer({"submitted": "2026-12-06T11:30:00+02:00"}, old)
+    assert launch.claims._newer(claim, None)

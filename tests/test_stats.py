@@ -202,6 +202,21 @@ def test_pareto_mask_known_case_and_nan():
     assert stats.pareto_mask(cost, value).tolist() == [True, True, False, False, True, False]
 
 
+@pytest.mark.parametrize("directions", [("maximize",), ("maximize", "minimize"),
+                                        ("minimize", "minimize"),
+                                        ("maximize", "minimize", "maximize")])
+@pytest.mark.parametrize("seed", range(3))
+def test_pareto_set_equals_pairwise_dominance(directions, seed):
+    """The search's frontier (any number of objectives) is the pairwise definition."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 6, (40, len(directions))).astype(float)  # ties on purpose
+    want = [not any(stats.dominates(o, v, directions) for o in values) for v in values]
+    assert stats.pareto_set(values, directions).tolist() == want
+    assert stats.pareto_set(np.empty((0, len(directions))), directions).tolist() == []
+    with pytest.raises(ValueError, match="maximize"):
+        stats.pareto_set(values, ["max"] * len(directions))
+
+
 def test_pareto_front_on_a_table_and_speed_axis():
     df = pd.DataFrame({"gflops": [1.0, 2.0, 3.0], "img_per_s": [300, 200, 100],
                        "top1": [90.0, 89.0, 95.0]})

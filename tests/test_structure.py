@@ -192,3 +192,27 @@ def test_the_spoken_digits_generator_knows_no_dataset_nor_model():
     from tome_lab.tasks import spoken_digits, spoken_digits_synth
 
     assert spoken_digits.main is spoken_digits_synth.main  # one command, two spellings
+
+
+# The experiments' packages, each module importing only those above it in this order.
+LAYERS = {
+    "tome_lab.launch": ("config", "execution", "claims", "backends", "cli"),
+    "tome_lab.search": ("config", "space", "study", "trials", "workers", "frontier", "cli"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_the_experiment_packages_import_downward_only(package):
+    """Within launch and search no module imports a later one or its own package's
+    ``__init__`` (which re-exports them all); the launchers never import the search."""
+    top, inner = import_graph()
+    order = [f"{package}.{m}" for m in LAYERS[package]]
+    assert set(order) | {package, f"{package}.__main__"} == {
+        m for m in top if m == package or m.startswith(package + ".")}
+    for i, module in enumerate(order):
+        reaches = top[module] | inner[module]
+        later = sorted(reaches & ({package} | set(order[i + 1:])))
+        assert not later, f"{module} imports {later}"
+    launch = [m for m in top if m.startswith("tome_lab.launch")]
+    upward = sorted(t for m in launch for t in top[m] | inner[m] if t.startswith("tome_lab.search"))
+    assert not upward, f"the launchers import the search: {upward}"

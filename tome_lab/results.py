@@ -334,6 +334,40 @@ def environment(device: str | None = None, dtype: str | None = None) -> dict[str
     }
 
 
+def make_record(*, status: str, key: str, name: str, overrides: Mapping[str, Any],
+                config: Mapping[str, Any], metrics: Mapping[str, Any], error: Any,
+                env: Mapping[str, Any], started: str | None, finished: str | None,
+                seconds: float | None, identity: Mapping[str, Any] | None = None,
+                job: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One ``result.json`` record in the schema above, its keys in the schema's order.
+
+    The one builder of records: the launchers' points (:func:`tome_lab.launch.execute`) and the
+    search's trials and test re-scores (:mod:`tome_lab.search`) all go through it. ``identity``
+    and ``job`` appear only when given; tuples among the overrides are written as lists.
+    """
+    record: dict[str, Any] = {
+        "schema": SCHEMA, "status": status, "key": key, "name": name,
+        "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+        "config": config,
+    }
+    if identity is not None:
+        record["identity"] = identity
+    record.update(metrics=metrics, error=error)
+    if job is not None:
+        record["job"] = job
+    record.update(env=env, started=started, finished=finished, seconds=seconds)
+    return record
+
+
+def write_point(point_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> Path:
+    """Writes a finished point's folder at once: ``config.yaml`` (the record's configuration)
+    first, ``result.json`` last (its presence marks the point finished)."""
+    pdir = Path(point_dir)
+    write_text_atomic(pdir / CONFIG, yaml.safe_dump(record["config"], sort_keys=False))
+    write_json_atomic(pdir / RESULT, record)
+    return pdir
+
+
 # --------------------------------------------------------------------------- reading
 
 def read_result(point_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -11,7 +11,8 @@ The one place tome_lab computes uncertainty; plots, notebooks and tables call it
 - :func:`paired_bootstrap` and :func:`mcnemar`: two settings scored on the same images,
   compared image by image (the difference's interval; McNemar's exact test on the discordant
   images), which is sharper than comparing two separate intervals.
-- :func:`pareto_mask`: the non-dominated points (cheapest for their accuracy).
+- :func:`pareto_mask`: the non-dominated points (cheapest for their accuracy);
+  :func:`pareto_set` the same for any number of objectives (the search's frontier).
 - :func:`add_intervals`: adds ``top1_low`` / ``top1_high`` columns to a results DataFrame.
 
 Accuracies are fractions in [0, 1] in the low-level functions and percent in the DataFrame
@@ -257,6 +258,54 @@ def pareto_mask(cost: Sequence[float] | np.ndarray, value: Sequence[float] | np.
             mask[group[v[group] == top]] = True
             best = top
         i = j
+    return mask
+
+
+def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """Whether objective vector ``a`` Pareto-dominates ``b`` under ``directions``: no worse in
+    every objective and better in one (``directions``: ``"maximize"`` or ``"minimize"`` each)."""
+    sign = [1.0 if d == "maximize" else -1.0 for d in directions]
+    ge = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
+    return ge and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
+
+
+def pareto_set(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]
+               ) -> np.ndarray:
+    """Which of ``n`` points with ``k`` objectives no other point dominates (:func:`dominates`).
+
+    One or two objectives go through :func:`pareto_mask` (the first of two as its cost, each
+    turned to be maximised), more compare every pair. Exact ties are all kept; a point with a
+    NaN objective is never on the front.
+
+    Args:
+        values: [n, k] objective vectors.
+        directions: [k] ``"maximize"`` or ``"minimize"`` per objective.
+
+    Returns:
+        [n] boolean mask of the non-dominated points.
+
+    Raises:
+        ValueError: a direction that is neither, or ``values`` not of shape [n, k].
+    """
+    bad = [d for d in directions if d not in ("maximize", "minimize")]
+    if bad or not directions:
+        raise ValueError(f"directions must be 'maximize' or 'minimize' each, got "
+                         f"{list(directions)!r}")
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        v = v.reshape(0, len(directions))
+    if v.ndim != 2 or v.shape[1] != len(directions):
+        raise ValueError(f"values must be [n, {len(directions)}], got shape {v.shape}")
+    up = v * np.array([1.0 if d == "maximize" else -1.0 for d in directions])  # all maximised
+    if up.shape[1] == 1:
+        return pareto_mask(np.zeros(len(up)), up[:, 0])
+    if up.shape[1] == 2:
+        return pareto_mask(-up[:, 0], up[:, 1])
+    ok = ~np.isnan(up).any(axis=1)
+    mask = ok.copy()
+    for i in np.flatnonzero(ok):
+        others = up[ok]
+        mask[i] = not ((others >= up[i]).all(axis=1) & (others > up[i]).any(axis=1)).any()
     return mask
 
 
