@@ -71,8 +71,9 @@ def _merge(tokens, size, key, r, num_prefix, class_token):
     return new_tokens, new_size
 
 
-def _attention(attn, h, size, prop_attn):
-    """timm Attention's weights, proportional attention written out per head; h is [N, C]."""
+def _attention(attn, h, size, prop_attn, seen=None):
+    """timm Attention's weights, proportional attention written out per head; h is [N, C].
+    ``seen`` (a dict), when given, receives the per-head q, k, v and probabilities."""
     n = h.shape[0]
     heads, d = attn.num_heads, attn.head_dim
     qkv = attn.qkv(h).reshape(n, 3, heads, d)
@@ -84,7 +85,12 @@ def _attention(attn, h, size, prop_attn):
     for hd in range(heads):  # softmax(q k^T / sqrt(d) + log s), one head at a time
         logits = q[hd] @ k[hd].T / math.sqrt(d) + (log_size[None, :] if prop_attn else 0.0)
         w = (logits - logits.amax(-1, keepdim=True)).exp()
-        outs.append((w / w.sum(-1, keepdim=True)) @ v[hd])
+        w = w / w.sum(-1, keepdim=True)
+        outs.append(w @ v[hd])
+        if seen is not None:
+            seen.setdefault("probs", []).append(w)
+    if seen is not None:
+        seen.update(q=q, k=k, v=v, probs=torch.stack(seen["probs"]))  # probs (H, N, N)
     out = torch.cat(outs, dim=-1)  # (N, H * d)
     out = attn.norm(out)
     if attn.gate is not None:
@@ -98,21 +104,64 @@ def _truncate(tokens, size, key, r, num_prefix, class_token):
     return tokens[:len(tokens) - r], size[:len(tokens) - r]
 
 
+class BlockView:
+    """What a rich reference step sees of one block of one image (plain attributes):
+    ``tokens`` (list of [C], after the attention residual), ``size`` (list of floats),
+    ``key`` ([N, d] keys averaged over heads), ``q``, ``k``, ``v`` ([H, N, d]), ``probs``
+    ([H, N, N] attention probabilities, log size included when proportional), ``r`` (the
+    r asked of the block, before any clamp), ``block``, ``depth``, ``num_prefix``,
+    ``class_token``, ``grid`` ((rows, cols)) and ``position`` (list of (row, col) floats,
+    (-1, -1) for the prefix, the size-weighted mean of each token's patches).
+
+    A rich step returns ``(tokens, size, groups)``: ``groups[j]`` lists the input positions
+    whose tokens output token j holds (None for a step that creates tokens, after which
+    positions are no longer tracked)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _grid_of(model):
+    rows, cols = model.patch_embed.grid_size
+    return int(rows), int(cols)
+
+
 @torch.no_grad()
-def reference_forward(model, images, r, prop_attn=True, step=_merge):
+def reference_forward(model, images, r, prop_attn=True, step=_merge, rich=False):
     """Logits of a ToMe ViT, one image at a time (an unpatched float64 timm model); ``step``
-    reduces the tokens of a block (default: bipartite soft matching)."""
+    reduces the tokens of a block (default: bipartite soft matching). With ``rich``, ``step``
+    takes a :class:`BlockView` and returns ``(tokens, size, groups)``; ``r`` may then be a
+    per-block list."""
     p = model.num_prefix_tokens
     class_token = model.cls_token is not None
+    depth = len(model.blocks)
+    rs = list(r) if isinstance(r, (list, tuple)) else [r] * depth
     out = []
     for img in images:
         x = model.norm_pre(model._pos_embed(model.patch_embed(img[None])))[0]
         tokens, size = list(x), [1.0] * x.shape[0]
-        for blk in model.blocks:
+        rows, cols = _grid_of(model)
+        position = [(-1.0, -1.0)] * p + [(float(i // cols), float(i % cols))
+                                         for i in range(rows * cols)]
+        for i, blk in enumerate(model.blocks):
             h = blk.norm1(torch.stack(tokens))
-            y, key = _attention(blk.attn, h, size, prop_attn)
+            seen = {} if rich else None
+            y, key = _attention(blk.attn, h, size, prop_attn, seen)
             x = torch.stack(tokens) + blk.ls1(y)  # merge after the attention residual
-            tokens, size = step(list(x), list(size), key, r, p, class_token)
+            if rich:
+                view = BlockView(tokens=list(x), size=list(size), key=key, r=rs[i], block=i,
+                                 depth=depth, num_prefix=p, class_token=class_token,
+                                 grid=(rows, cols), position=position, **seen)
+                tokens, new_size, groups = step(view)
+                if groups is None or position is None:
+                    position = None
+                else:
+                    position = [tuple(sum(size[g] * position[g][c] for g in grp)
+                                      / sum(size[g] for g in grp) for c in (0, 1))
+                                for grp in groups]
+                size = new_size
+            else:
+                tokens, size = step(list(x), list(size), key, r, p, class_token)
             x = torch.stack(tokens)
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))  # ... and before the MLP
             tokens = list(x)

@@ -96,7 +96,14 @@ class ToMeConfig:
         for name, reg in (("feature", FEATURES), ("combine", COMBINE),
                           ("partition", PARTITIONS)):
             object.__setattr__(self, name, reg.canonical(getattr(self, name)))
-        self._check_knobs(getattr(MATCHING.get(self.matching), "uses", frozenset()))
+        from tome_lab.matching import capabilities
+
+        caps = capabilities(MATCHING.get(self.matching))
+        self._check_knobs(caps.uses)
+        if self.trace_source and not caps.sources:
+            raise ValueError(
+                f"trace_source=True cannot go with matching={self.matching!r}: its output "
+                f"tokens are not groups of input patches (reduction {caps.reduction!r})")
         m_params = _params(MATCHING.get(self.matching), 2)
         s_params = _params(SCHEDULES.get(self.schedule), 2)
         for key in self.options:

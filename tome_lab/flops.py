@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,12 @@ class ViTSpec:
             ``feature="x"``); 0 means head_dim.
         partition: the partition plug-in of a bipartite matcher.
         matching_options: the matcher's options as sorted (name, value) pairs.
+        bound: the matcher's per-block bound on r (a key of :data:`tome_lab.merge.BOUNDS`).
+        stats: the attention statistics the matcher requests (``cls``, ``received``,
+            ``full``), whose products :func:`matching_flops` adds.
+        grid: (rows, columns) of the patch grid, or None.
+        own_flops: the matcher's own count, ``fn(spec, n, r, **options) -> int`` (a
+            module-level function the plug-in declares as ``flops``), or None.
     """
 
     depth: int
@@ -66,13 +72,33 @@ class ViTSpec:
     metric_dim: int = 0
     partition: str = "alternate"
     matching_options: tuple[tuple[str, Any], ...] = ()
+    bound: str = "half"
+    stats: tuple[str, ...] = ()
+    grid: tuple[int, int] | None = None
+    own_flops: Callable[..., int] | None = None
+
+
+def block_r(spec: ViTSpec, r: int, n: int) -> int:
+    """The r a block entering with ``n`` tokens removes when asked for ``r`` (the engine's
+    clamp by the matcher's bound)."""
+    return clamp_r(r, n, spec.num_prefix, spec.bound)
+
+
+def stats_flops(spec: ViTSpec, n: int) -> int:
+    """Products of the attention statistics a block computes for its matcher (N tokens in):
+    the class token's row is one query against N keys per head; the attention received and
+    the full matrix need every query's row (computed once for both)."""
+    if not spec.stats:
+        return 0
+    queries = n if {"received", "full"} & set(spec.stats) else 1
+    return queries * n * spec.attn_dim
 
 
 def tokens_per_layer(spec: ViTSpec, r: Sequence[int]) -> list[int]:
     """Tokens leaving each block when block ``i`` merges ``r[i]`` (clamped as the engine does)."""
     n, out = spec.num_tokens, []
     for ri in r:
-        n -= clamp_r(ri, n, spec.num_prefix)
+        n -= block_r(spec, ri, n)
         out.append(n)
     return out
 
@@ -101,12 +127,9 @@ def matching_flops(spec: ViTSpec, n: int, r: int) -> int:
         return n * n * c + (r - 1) * n * c  # all pairs once, then a row per merge but the last
     if name == "kmeans":
         return (opts.get("iters", 5) + 1) * m * (m - r) * c  # one [M, K] similarity per pass
-    if name == "pruning":
-        if opts.get("criterion", "attention") != "attention":
-            return 0
-        queries = 1 if spec.class_token else n  # the class token's row, or every row
-        return queries * n * spec.attn_dim
-    return 0  # none, random, truncate: no products
+    # a plug-in that declares its own count (none, random, truncate, pruning: no products)
+    own = spec.own_flops(spec, n, r, **opts) if spec.own_flops is not None else 0
+    return stats_flops(spec, n) + own
 
 
 def analytic_gflops(spec: ViTSpec, r: Sequence[int], matching_cost: bool = True) -> float:
@@ -119,7 +142,7 @@ def analytic_gflops(spec: ViTSpec, r: Sequence[int], matching_cost: bool = True)
     n, total = spec.num_tokens, float(spec.fixed_flops)
     for ri in r:
         total += n * spec.attn_token_flops + 2 * n * n * spec.attn_dim
-        rr = clamp_r(ri, n, spec.num_prefix)
+        rr = block_r(spec, ri, n)
         if rr > 0 and matching_cost:
             total += matching_flops(spec, n, rr)
         n -= rr

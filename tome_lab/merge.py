@@ -247,9 +247,25 @@ def merge_source(merge: MergeFn, x: Tensor, source: Tensor | None = None) -> Ten
     return merge(source, mode="amax")
 
 
-def clamp_r(r: int, num_tokens: int, num_prefix: int) -> int:
-    """The r a block can actually merge: at most half of its unprotected tokens."""
-    return max(0, min(r, (num_tokens - num_prefix) // 2))
+# The most tokens one block may remove, as a function of its M unprotected tokens, by the kind
+# of reduction (a plug-in declares its kind, ``Capabilities.bound``): a bipartite matching
+# pairs at most half of them; any other reduction keeps at least one.
+BOUNDS: dict[str, Callable[[int], int]] = {
+    "half": lambda m: m // 2,
+    "all_but_one": lambda m: max(m - 1, 0),
+}
+
+
+def max_r(bound: str, num_tokens: int, num_prefix: int) -> int:
+    """The most tokens a block of ``num_tokens`` (``num_prefix`` protected) may remove under
+    ``bound`` (a key of :data:`BOUNDS`)."""
+    return BOUNDS[bound](max(num_tokens - num_prefix, 0))
+
+
+def clamp_r(r: int, num_tokens: int, num_prefix: int, bound: str = "half") -> int:
+    """The r a block can actually remove: at most :func:`max_r` (half of its unprotected
+    tokens for a bipartite matching)."""
+    return max(0, min(r, max_r(bound, num_tokens, num_prefix)))
 
 
 def group_merge_fns(assign: Tensor, n_out: int, rep_idx: Tensor | None = None

@@ -13,17 +13,19 @@ tokens, average pooling, LayerScale, qk-norm, scale-norm, gated attention).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from tome_lab.config import ToMeConfig
 from tome_lab.flops import ViTSpec
-from tome_lab.matching import MatchContext
-from tome_lab.merge import clamp_r, merge_source
+from tome_lab.matching import AttentionStats, MatchContext, capabilities
+from tome_lab.merge import clamp_r, max_r, merge_source, merge_wavg
 from tome_lab.registry import ATTENTION, COMBINE, FEATURES, MATCHING, SCHEDULES
 
 _BLOCK_CHILDREN = {"norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"}
@@ -32,45 +34,89 @@ _POOLS = ("token", "avg", "avgmax", "max", "")  # size-aware or unaffected by me
 
 
 @dataclass
-class ToMeState:
-    """Per-model state: the plan fixed at patch time and what the last forward left.
+class ForwardState:
+    """What one forward computes between blocks, passed from block to block.
 
-    Each block reads its entry sizes from slot ``i`` and writes its exit sizes to slot
-    ``i + 1`` (never a running value), so recomputing a block (gradient checkpointing) sees
-    the same inputs as its first run.
+    Each forward builds its own, so concurrent forwards of one patched model (threads) never
+    share it. Each block reads its entry slot ``i`` and writes its exit slot ``i + 1`` (never
+    a running value), so recomputing a block (gradient checkpointing) sees the same inputs as
+    its first run.
+
+    Attributes:
+        sizes: depth + 1 slots of [B, N_i, 1] token sizes entering block i (None: all ones).
+        masks: depth + 1 slots of the attention masks those sizes give (None: no mask).
+        sources: depth + 1 slots of [B, N_i, N0] patch membership (``trace_source``).
+        positions: depth + 1 slots of [B, N_i, 2] grid positions (when the matcher reads them).
+        tokens: tokens leaving each block.
+    """
+
+    sizes: list[Tensor | None]
+    masks: list[Tensor | None]
+    sources: list[Tensor | None]
+    positions: list[Tensor | None]
+    tokens: list[int]
+
+    @classmethod
+    def empty(cls, depth: int) -> ForwardState:
+        """Slots for a model of ``depth`` blocks, nothing computed yet."""
+        return cls([None] * (depth + 1), [None] * (depth + 1), [None] * (depth + 1),
+                   [None] * (depth + 1), [0] * depth)
+
+
+@dataclass
+class ToMeState:
+    """Per-model state: the plan fixed at patch time, and what the last finished forward left.
+
+    A forward never reads ``last``: the blocks pass their own :class:`ForwardState` along, and
+    ``last`` is replaced (one assignment) when a forward finishes, for reading afterwards
+    (sizes, sources, tokens per block). With concurrent forwards it is the last to finish.
 
     Attributes:
         config: the configuration applied.
         r: per-layer r from the schedule (before clamping).
         spec: the model's numbers (tokens, prefix, depth, FLOP terms).
-        sizes: depth + 1 slots of [B, N_i, 1] token sizes entering block i (None: all ones).
-        masks: depth + 1 slots of the attention masks those sizes give (None: no mask).
-        sources: depth + 1 slots of [B, N_i, N0] patch membership (``trace_source``).
-        tokens: tokens leaving each block in the last forward.
+        last: the :class:`ForwardState` of the last finished forward.
+        track_positions: whether forwards carry grid positions (the matcher reads them).
     """
 
     config: ToMeConfig
     r: list[int]
     spec: ViTSpec
-    sizes: list[Tensor | None] = field(default_factory=list)
-    masks: list[Tensor | None] = field(default_factory=list)
-    sources: list[Tensor | None] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
+    last: ForwardState | None = None
+    track_positions: bool = False
 
-    def __post_init__(self) -> None:
-        slots = self.spec.depth + 1
-        self.sizes, self.masks, self.sources = [None] * slots, [None] * slots, [None] * slots
-        self.tokens = [0] * self.spec.depth
+    def _last(self) -> ForwardState:
+        return self.last if self.last is not None else ForwardState.empty(self.spec.depth)
+
+    @property
+    def sizes(self) -> list[Tensor | None]:
+        """depth + 1 slots of [B, N_i, 1] sizes entering block i in the last forward."""
+        return self._last().sizes
+
+    @property
+    def sources(self) -> list[Tensor | None]:
+        """depth + 1 slots of [B, N_i, N0] patch membership in the last forward."""
+        return self._last().sources
+
+    @property
+    def positions(self) -> list[Tensor | None]:
+        """depth + 1 slots of [B, N_i, 2] grid positions in the last forward."""
+        return self._last().positions
+
+    @property
+    def tokens(self) -> list[int]:
+        """Tokens leaving each block in the last forward."""
+        return self._last().tokens
 
     @property
     def size(self) -> Tensor | None:
         """[B, N, 1] token sizes after the last forward (None if nothing merged)."""
-        return self.sizes[-1]
+        return self._last().sizes[-1]
 
     @property
     def source(self) -> Tensor | None:
         """[B, N, N0] patch membership after the last forward (``trace_source``)."""
-        return self.sources[-1]
+        return self._last().sources[-1]
 
 
 @dataclass(frozen=True)
@@ -88,6 +134,9 @@ class _BlockPlan:
     combine: Callable[..., tuple[Tensor, Tensor]]
     head_mean: bool  # head_agg == "mean"
     trace_source: bool
+    stats: frozenset[str] = frozenset()  # attention statistics the matcher asked for
+    positions: bool = False  # the matcher reads grid positions
+    creates: bool = False  # the matcher creates tokens (no sources, no positions after it)
 
 
 def _timm_classes() -> tuple[type, type, type]:
@@ -105,6 +154,16 @@ def _check(model: nn.Module) -> None:
         raise TypeError(
             f"global_pool={model.global_pool!r} pools with attention over all tokens, which "
             f"ToMe does not support; supported pools: {', '.join(repr(p) for p in _POOLS)}")
+    # the patched forward runs VisionTransformer's own steps (and, for a size-weighted average
+    # pool, its own head), so an override of those would be skipped
+    names = ["forward", "forward_features"]
+    if model.global_pool in ("avg", "avgmax"):
+        names += ["forward_head", "pool"]
+    for name in names:
+        if getattr(type(model), name) is not getattr(vit_cls, name):
+            raise TypeError(
+                f"{type(model).__name__} overrides VisionTransformer.{name}; ToMe runs "
+                f"VisionTransformer's own and would skip that override")
     for i, blk in enumerate(model.blocks):
         if type(blk) not in (block_cls, _TOME_CLASSES.get("ToMeBlock")):
             raise TypeError(f"block {i} is a {type(blk).__name__}; ToMe patches timm's Block only")
@@ -180,7 +239,17 @@ def vit_spec(model: nn.Module) -> ViTSpec:
         mlp_token_flops=_token_flops(blk.norm2) + _token_flops(blk.mlp),
         final_token_flops=_token_flops(model.norm),
         fixed_flops=fixed,
+        grid=_grid(pe),
     )
+
+
+def _grid(patch_embed: nn.Module) -> tuple[int, int] | None:
+    """(rows, columns) of the patch grid, or None when the stem has no 2-D grid."""
+    grid = getattr(patch_embed, "grid_size", None)
+    if grid is None or len(grid) != 2:
+        return None
+    rows, cols = (int(g) for g in grid)
+    return (rows, cols) if rows * cols == patch_embed.num_patches else None
 
 
 def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None
@@ -217,38 +286,137 @@ def _metric(plan: _BlockPlan, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Ten
     return feat.mean(1) if plan.head_mean else feat.transpose(1, 2).flatten(2)
 
 
+def _attention_stats(q: Tensor, k: Tensor, mask: Tensor | None, want: frozenset[str]
+                     ) -> AttentionStats:
+    """The attention statistics ``want`` asks for, from the block's own q and k and its mask
+    (proportional attention's log size included): the class token's row alone when that is
+    all that is asked, else every query's probabilities once for all of them."""
+    scale = q.shape[-1] ** -0.5
+    with torch.no_grad():
+        if want <= {"cls"}:
+            logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # (B, H, 1, N)
+            if mask is not None:
+                logits = logits + mask
+            return AttentionStats(cls=logits.softmax(-1)[:, :, 0])
+        logits = (q * scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+        if mask is not None:
+            logits = logits + mask
+        probs = logits.softmax(-1)
+        return AttentionStats(
+            cls=probs[:, :, 0] if "cls" in want else None,
+            received=probs.mean(dim=(1, 2)) if "received" in want else None,
+            full=probs if "full" in want else None)
+
+
 def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
-                   is_causal: bool = False) -> Tensor:
-    """timm's pre-norm block with a merge between the attention residual and the MLP."""
+                   is_causal: bool = False, *, tome: ForwardState | None = None) -> Tensor:
+    """timm's pre-norm block with a merge between the attention residual and the MLP; the
+    forward's own state comes in as ``tome`` (see :func:`_features`)."""
     if attn_mask is not None or is_causal:
         raise ValueError("a ToMe-patched block takes no attn_mask / is_causal: merging "
                          "changes the token set the mask refers to")
+    if tome is None:
+        raise TypeError("a ToMe-patched block runs inside its model's forward (or "
+                        "forward_features), which passes it the sizes of earlier blocks; "
+                        "call the model, not the block")
     plan: _BlockPlan = self._tome_plan
     st, i = plan.state, plan.index
-    size, mask = st.sizes[i], st.masks[i]
+    spec = st.spec
+    size, mask = tome.sizes[i], tome.masks[i]
     y, (q, k, v) = _attention(self.attn, self.norm1(x), mask)
     x_in, x = x, x + self.drop_path1(self.ls1(y))
     del y
-    r = clamp_r(plan.r, x.shape[1], st.spec.num_prefix)
-    source = st.sources[i]
+    r = clamp_r(plan.r, x.shape[1], spec.num_prefix, spec.bound)
+    source, position = tome.sources[i], tome.positions[i]
     if r > 0:  # a block that merges nothing computes no feature, similarity, mask or gather
         metric = None
         if plan.feature is not None:
             metric = _metric(plan, x_in, q, k, v)
-        ctx = MatchContext(metric=metric, num_prefix=st.spec.num_prefix,
+        stats = _attention_stats(q, k, mask, plan.stats) if plan.stats else None
+        ctx = MatchContext(metric=metric, num_prefix=spec.num_prefix,
                            distance=st.config.distance, size=size, x=x, q=q, k=k,
-                           class_token=st.spec.class_token, partition=st.config.partition)
+                           class_token=spec.class_token, partition=st.config.partition,
+                           block=i, depth=spec.depth, position=position, attn=stats,
+                           grid=spec.grid)
         merge, _ = plan.match(ctx, r, **plan.match_options)
         if plan.trace_source:
             source = merge_source(merge, x, source)
+        if plan.positions:
+            position = None if plan.creates else merge_wavg(merge, position, size)[0]
         x, size = plan.combine(merge, x, size)
         mask = plan.mask(size)
-        del ctx, metric, merge
+        del ctx, metric, merge, stats
     # the qkv buffer goes before the MLP allocates its hidden layer (as in timm's block)
     del q, k, v, x_in
-    st.sizes[i + 1], st.masks[i + 1], st.sources[i + 1] = size, mask, source
-    st.tokens[i] = int(x.shape[1])
+    tome.sizes[i + 1], tome.masks[i + 1], tome.sources[i + 1] = size, mask, source
+    tome.positions[i + 1] = position
+    tome.tokens[i] = int(x.shape[1])
     return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+def _grid_positions(spec: ViTSpec, x: Tensor) -> Tensor:
+    """[B, N0, 2] (row, column) of each patch token on the grid, (-1, -1) for the prefix."""
+    rows, cols = spec.grid
+    r = torch.arange(rows, device=x.device, dtype=torch.float32)
+    c = torch.arange(cols, device=x.device, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1).reshape(rows * cols, 2)
+    prefix = grid.new_full((spec.num_prefix, 2), -1.0)
+    return torch.cat([prefix, grid]).expand(x.shape[0], -1, -1)
+
+
+def _features(self: nn.Module, x: Tensor, tome: ForwardState) -> Tensor:
+    """VisionTransformer.forward_features with the forward's state passed to every block
+    (checked at patch time to be the class's own steps; the submodules are timm's)."""
+    x = self.patch_embed(x)
+    x = self._pos_embed(x)
+    x = self.patch_drop(x)
+    x = self.norm_pre(x)
+    st: ToMeState = self._tome
+    if st.track_positions:
+        tome.positions[0] = _grid_positions(st.spec, x)
+    recompute = self.grad_checkpointing and torch.is_grad_enabled()
+    for blk in self.blocks:
+        if recompute:
+            x = checkpoint(blk, x, tome=tome, use_reentrant=False)
+        else:
+            x = blk(x, tome=tome)
+    x = self.norm(x)
+    st.last = tome  # for reading after the forward; no block reads it
+    return x
+
+
+def _forward_features(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
+                      is_causal: bool = False) -> Tensor:
+    """The patched ``forward_features``: a fresh :class:`ForwardState` for this forward."""
+    if attn_mask is not None or is_causal:
+        raise ValueError("a ToMe-patched model takes no attn_mask / is_causal: merging "
+                         "changes the token set the mask refers to")
+    return _features(self, x, ForwardState.empty(self._tome.spec.depth))
+
+
+def _forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
+             is_causal: bool = False) -> Tensor:
+    """The patched ``forward``: features and head from one :class:`ForwardState`, so that the
+    size-weighted pool uses this forward's sizes whatever other forwards run meanwhile."""
+    if attn_mask is not None or is_causal:
+        raise ValueError("a ToMe-patched model takes no attn_mask / is_causal: merging "
+                         "changes the token set the mask refers to")
+    tome = ForwardState.empty(self._tome.spec.depth)
+    x = _features(self, x, tome)
+    if self.global_pool not in ("avg", "avgmax") or tome.sizes[-1] is None:
+        return self.forward_head(x)  # the class's own head; its pool needs no sizes
+    x = _sized_pool(self, x, tome.sizes[-1], self.global_pool)  # VisionTransformer.forward_head
+    x = self.fc_norm(x)
+    x = self.head_drop(x)
+    return self.head(x)
+
+
+def _sized_pool(self: nn.Module, x: Tensor, size: Tensor, pool_type: str) -> Tensor:
+    """Average pooling weighted by token size (as ToMe does for MAE); avgmax's max as timm's."""
+    if not self.pool_include_prefix:
+        x, size = x[:, self.num_prefix_tokens:], size[:, self.num_prefix_tokens:]
+    mean = (x * size).sum(1) / size.sum(1)
+    return mean if pool_type == "avg" else 0.5 * (x.amax(1) + mean)
 
 
 _TOME_CLASSES: dict[str, type] = {}
@@ -275,15 +443,14 @@ def __getattr__(name: str) -> Any:
 
 
 def _pool(self: nn.Module, x: Tensor, pool_type: str | None = None) -> Tensor:
-    """timm's pool with average pooling weighted by token size (as ToMe does for MAE)."""
+    """timm's pool, size-weighted for average pooling, for a caller that runs
+    ``forward_features`` and ``forward_head`` apart: it reads the sizes of the last finished
+    forward (the patched ``forward`` passes its own instead)."""
     pool_type = self.global_pool if pool_type is None else pool_type
     size = self._tome.size
     if pool_type not in ("avg", "avgmax") or size is None:
         return type(self).pool(self, x, pool_type)
-    if not self.pool_include_prefix:
-        x, size = x[:, self.num_prefix_tokens:], size[:, self.num_prefix_tokens:]
-    mean = (x * size).sum(1) / size.sum(1)
-    return mean if pool_type == "avg" else 0.5 * (x.amax(1) + mean)
+    return _sized_pool(self, x, size, pool_type)
 
 
 def apply_tome(model: nn.Module, r: int | list[int] = 16, matching: str = "bipartite",
@@ -317,14 +484,43 @@ def apply_tome(model: nn.Module, r: int | list[int] = 16, matching: str = "bipar
     return apply_config(model, cfg)
 
 
+def attention_request(match_fn: Callable[..., Any], class_token: bool,
+                      options: dict[str, Any]) -> frozenset[str]:
+    """The attention statistics a matcher needs under ``options`` (see ``tome_lab.matching``)."""
+    request = getattr(match_fn, "attention_request", None)
+    want = (frozenset(request(class_token, **options)) if request is not None
+            else capabilities(match_fn).attention)
+    if "cls" in want and not class_token:
+        raise ValueError("this matcher's options ask for the class token's attention row, "
+                         "and the model has no class token")
+    return want
+
+
 def config_spec(spec: ViTSpec, cfg: ToMeConfig) -> ViTSpec:
     """``spec`` with what the matching costs under ``cfg`` (for the analytic FLOP count)."""
     if cfg.head_agg == "concat":
         width = spec.embed_dim if cfg.feature == "x" else spec.attn_dim
     else:
         width = spec.embed_dim if cfg.feature == "x" else spec.head_dim
+    match_fn = MATCHING.get(cfg.matching)
+    opts = cfg.matching_options()
     return replace(spec, matching=cfg.matching, metric_dim=width, partition=cfg.partition,
-                   matching_options=tuple(sorted(cfg.matching_options().items())))
+                   matching_options=tuple(sorted(opts.items())),
+                   bound=capabilities(match_fn).bound,
+                   stats=tuple(sorted(attention_request(match_fn, spec.class_token, opts))),
+                   own_flops=getattr(match_fn, "flops", None))
+
+
+def _check_schedule(spec: ViTSpec, cfg: ToMeConfig, rs: list[int]) -> None:
+    """Refuses an r that no block can remove under the matcher's bound, not even the first
+    (a later block that runs short of tokens is clamped, as in the paper's code, and the
+    analytic count follows the clamp)."""
+    most = max_r(spec.bound, spec.num_tokens, spec.num_prefix)
+    if cfg.matching != "none" and max(rs, default=0) > most:
+        raise ValueError(
+            f"r={max(rs)} is more than matching {cfg.matching!r} can remove in any block: "
+            f"{spec.num_tokens} tokens enter the first ({spec.num_prefix} protected) and its "
+            f"bound ({spec.bound!r}) allows at most {most}")
 
 
 def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
@@ -332,17 +528,22 @@ def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
     spec = config_spec(vit_spec(model), cfg)
     rs = SCHEDULES.get(cfg.schedule)(cfg.r, spec, **cfg.schedule_options())
     match_fn = MATCHING.get(cfg.matching)
+    caps = capabilities(match_fn)
     if cfg.matching == "none":  # the no-merge baseline plans no merges
         rs = [0] * spec.depth
     if len(rs) != spec.depth or any(v < 0 for v in rs):
         raise ValueError(f"schedule {cfg.schedule!r} gave {rs}; need {spec.depth} values >= 0")
-    state = ToMeState(config=cfg, r=rs, spec=spec)
+    _check_schedule(spec, cfg, rs)
+    if caps.positions and spec.grid is None:
+        raise ValueError(f"matching {cfg.matching!r} reads token grid positions, and this "
+                         f"model's patch embedding has no 2-D grid")
+    state = ToMeState(config=cfg, r=rs, spec=spec, track_positions=caps.positions)
     m_opts = cfg.matching_options()
     check = getattr(match_fn, "check_options", None)
     if check is not None:  # bad plug-in options fail at patch time, not in the first forward
         check(**m_opts)
     mask = ATTENTION.get(cfg.attention)
-    feature = FEATURES.get(cfg.feature) if "metric" in getattr(match_fn, "uses", ()) else None
+    feature = FEATURES.get(cfg.feature) if "metric" in caps.uses else None
     combine = COMBINE.get(cfg.combine)
     tome_block = _tome_block_class()
     model._tome = state
@@ -350,9 +551,12 @@ def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
         blk._tome_plan = _BlockPlan(
             index=i, r=rs[i], state=state, match=match_fn, match_options=m_opts, mask=mask,
             feature=feature, combine=combine, head_mean=cfg.head_agg == "mean",
-            trace_source=cfg.trace_source)
+            trace_source=cfg.trace_source, stats=frozenset(spec.stats),
+            positions=caps.positions, creates=caps.reduction == "create")
         blk.__class__ = tome_block
-    # a partial of a module-level function, unlike a bound method, pickles
+    # partials of module-level functions, unlike bound methods, pickle
+    model.forward = partial(_forward, model)
+    model.forward_features = partial(_forward_features, model)
     model.pool = partial(_pool, model)
     return model
 
@@ -364,8 +568,8 @@ def remove_tome(model: nn.Module) -> nn.Module:
         if type(blk) is _TOME_CLASSES.get("ToMeBlock"):
             blk.__class__ = block_cls
         blk.__dict__.pop("_tome_plan", None)
-    model.__dict__.pop("pool", None)
-    model.__dict__.pop("_tome", None)
+    for name in ("forward", "forward_features", "pool", "_tome"):
+        model.__dict__.pop(name, None)
     return model
 
 
@@ -379,5 +583,5 @@ def is_patched(model: nn.Module) -> bool:
     return tome_state(model) is not None
 
 
-__all__ = ["ToMeState", "apply_config", "apply_tome", "config_spec", "is_patched",
-           "remove_tome", "tome_state", "vit_spec"]
+__all__ = ["ForwardState", "ToMeState", "apply_config", "apply_tome", "attention_request",
+           "config_spec", "is_patched", "remove_tome", "tome_state", "vit_spec"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -233,28 +232,16 @@ def trace_groups(model: nn.Module, x: Tensor, layers: bool = False) -> Tensor:
     cfg = state.config
     if not cfg.trace_source:
         apply_config(model, dataclasses.replace(cfg, trace_source=True))
-    per_layer: list[Tensor] = []
-
-    def hook(index: int, *_: Any) -> None:
-        st = tome_state(model)
-        # The engine keeps one source slot per block boundary (``sources[i + 1]`` leaves
-        # block i); an engine with only the running ``source`` has it current here.
-        slots = getattr(st, "sources", None)
-        src = slots[index + 1] if slots is not None else st.source
-        per_layer.append(groups_from_source(src, n_prefix, n_patches)
-                         .expand(x.shape[0], -1).clone())
-
-    handles = ([blk.register_forward_hook(partial(hook, i)) for i, blk in
-                enumerate(model.blocks)] if layers else [])
     was_training = model.training
     try:
         model.eval()
         model(x)
-        final = groups_from_source(tome_state(model).source, n_prefix, n_patches)
-        final = final.expand(x.shape[0], -1).clone()
+        st = tome_state(model)  # the forward's sources, one slot per block boundary
+        final = groups_from_source(st.source, n_prefix, n_patches).expand(x.shape[0], -1).clone()
+        slots = st.sources[1:] if layers else []
+        per_layer = [groups_from_source(src, n_prefix, n_patches).expand(x.shape[0], -1).clone()
+                     for src in slots]
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
         if not cfg.trace_source:
             apply_config(model, cfg)

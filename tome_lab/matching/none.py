@@ -8,7 +8,7 @@ from tome_lab.registry import MATCHING
 
 
 @MATCHING.register("none")
-@uses()
+@uses(reduction="none")
 def none(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
     """The identity (the engine also plans r = 0 in every block for it)."""
     return do_nothing, do_nothing

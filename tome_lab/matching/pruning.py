@@ -1,14 +1,17 @@
 """Pruning: drop the r least useful unprotected tokens instead of merging them.
 
-``criterion="attention"`` keeps the tokens the class token attends to most, as EViT (Liang
-et al., ICLR 2022) does; without a class token it uses the mean attention each token
-receives. ``"norm"`` keeps the tokens of largest L2 norm; ``"random"`` drops at random.
+``criterion="attention"`` keeps the tokens the class token attends to most (averaged over
+heads), as EViT's selection (Liang et al., ICLR 2022) does without EViT's fusion of the
+dropped tokens; without a class token it uses the mean attention each token receives. Both
+come from the block's attention statistics (``MatchContext.attn``), computed from its own q
+and k with its mask: while nothing has merged (all sizes one, as under pruning alone) that
+equals softmax(q k^T / sqrt(d)); after merges it includes proportional attention's log size.
+``"norm"`` keeps the tokens of largest L2 norm; ``"random"`` drops at random.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from tome_lab.matching._context import MatchContext, uses
 from tome_lab.merge import MergeFn, prune_fns
@@ -17,18 +20,16 @@ from tome_lab.registry import MATCHING
 CRITERIA = ("attention", "norm", "random")
 
 
-def _attention_received(ctx: MatchContext) -> Tensor:
-    q, k = ctx.q, ctx.k  # (B, H, N, d)
-    scale = q.shape[-1] ** -0.5
-    if ctx.class_token:
-        attn = ((q[:, :, :1] * scale) @ k.transpose(-2, -1)).softmax(-1)  # (B, H, 1, N)
-        return attn.mean(dim=(1, 2))
-    attn = ((q * scale) @ k.transpose(-2, -1)).softmax(-1)  # (B, H, N, N)
-    return attn.mean(dim=(1, 2))
+def _request(class_token: bool, criterion: str = "attention") -> frozenset[str]:
+    """The attention statistic the criterion reads: the class token's row, else the mean
+    attention each token receives."""
+    if criterion != "attention":
+        return frozenset()
+    return frozenset({"cls"}) if class_token else frozenset({"received"})
 
 
 @MATCHING.register("pruning", "prune", "evit")
-@uses()
+@uses(reduction="prune", attention=frozenset({"cls", "received"}), stochastic=True)
 def pruning(ctx: MatchContext, r: int, criterion: str = "attention") -> tuple[MergeFn, MergeFn]:
     """Keeps all protected tokens and the top N - prefix - r others by ``criterion``."""
     if criterion not in CRITERIA:
@@ -36,8 +37,8 @@ def pruning(ctx: MatchContext, r: int, criterion: str = "attention") -> tuple[Me
     b, n, _ = ctx.x.shape
     p = ctx.num_prefix
     with torch.no_grad():
-        if criterion == "attention":
-            score = _attention_received(ctx)
+        if criterion == "attention":  # the block's statistics, computed once (patch.py)
+            score = ctx.attn.cls.mean(1) if ctx.class_token else ctx.attn.received
         elif criterion == "norm":
             score = ctx.x.norm(dim=-1)
         else:
@@ -46,3 +47,12 @@ def pruning(ctx: MatchContext, r: int, criterion: str = "attention") -> tuple[Me
         keep = torch.cat([torch.arange(p, device=keep.device).expand(b, -1),
                           keep.sort(dim=1).values], dim=1)
     return prune_fns(keep, n)
+
+
+def _check_options(criterion: str = "attention") -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown pruning criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+
+
+pruning.attention_request = _request
+pruning.check_options = _check_options

@@ -13,7 +13,7 @@ from tome_lab.registry import MATCHING
 
 
 @MATCHING.register("random")
-@uses("combine", "keep")
+@uses("combine", "keep", stochastic=True)
 def random(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
     """Each of r random sources joins a random surviving token."""
     b, n, _ = ctx.x.shape

@@ -9,7 +9,7 @@ from tome_lab.registry import MATCHING, PARTITIONS
 
 
 @MATCHING.register("random_bipartite")
-@uses("metric", "combine", "keep")
+@uses("metric", "combine", "keep", stochastic=True)
 def random_bipartite(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
     """A random half of the unprotected tokens are sources; each merges into its best B."""
     b, n, _ = ctx.metric.shape

@@ -19,7 +19,7 @@ from tome_lab.registry import MATCHING
 
 
 @MATCHING.register("truncate")
-@uses()
+@uses(reduction="prune")
 def truncate(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
     """Keeps the first N - r tokens (the prefix among them) and drops the rest."""
     return truncate_fns(ctx.x.shape[1], r)
