@@ -212,6 +212,6 @@ def test_concurrent_forwards_each_use_their_own_state(name):
     for t in threads:
         t.join()
     assert not errors, errors
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
     assert tome_lab.tome_state(m).size.shape[0] in (2, 3)  # the last to finish

@@ -15,8 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from tome_lab.config import ExperimentConfig
-from tome_lab.flops import ViTSpec, analytic_gflops
-from tome_lab.merge import clamp_r
+from tome_lab.flops import ViTSpec, analytic_gflops, block_r
 
 
 def model_spec(exp: ExperimentConfig) -> ViTSpec:
@@ -34,14 +33,14 @@ def _model_spec(model: Any) -> ViTSpec:
 
 def max_r(spec: ViTSpec, num_tokens: int) -> int:
     """The most a block entering with ``num_tokens`` tokens can merge (the engine's clamp)."""
-    return clamp_r(num_tokens, num_tokens, spec.num_prefix)
+    return block_r(spec, num_tokens, num_tokens)
 
 
 def effective(spec: ViTSpec, r: Sequence[int]) -> list[int]:
     """``r`` with each entry clamped as the engine clamps it: the r each block really merges."""
     n, out = spec.num_tokens, []
     for ri in r:
-        out.append(clamp_r(int(ri), n, spec.num_prefix))
+        out.append(block_r(spec, int(ri), n))
         n -= out[-1]
     return out
 
