@@ -103,31 +103,22 @@ def tokens_per_layer(spec: ViTSpec, r: Sequence[int]) -> list[int]:
     return out
 
 
+def metric_width(spec: ViTSpec) -> int:
+    """The width of the similarity metric the matcher compares (``metric_dim``, else
+    ``head_dim``)."""
+    return spec.metric_dim or spec.head_dim
+
+
 def matching_flops(spec: ViTSpec, n: int, r: int) -> int:
     """FLOPs fvcore counts for one matching call: N tokens in, r merged (r >= 1, clamped).
 
-    Only the matrix products count (similarities, attention scores); norms of the cosine,
-    sorts, scatters and the combine rule's arithmetic are element-wise, which fvcore skips.
+    The attention statistics the matcher asked for (:func:`stats_flops`) plus its own products
+    (the ``flops`` function each plug-in declares, given ``spec``, ``n``, ``r`` and its
+    options). Only matrix products count (similarities, attention scores); norms of the
+    cosine, sorts, scatters and the combine rule's arithmetic are element-wise, which fvcore
+    skips.
     """
-    c = spec.metric_dim or spec.head_dim
-    p = spec.num_prefix
-    m = n - p  # unprotected tokens
     opts = dict(spec.matching_options)
-    name = spec.matching
-    if name in ("bipartite", "kth_bipartite", "random_bipartite"):
-        if name == "kth_bipartite":
-            k = opts.get("k", 4)
-            nb = -(-m // k)  # unprotected positions 0, k, 2k, ... are destinations
-            return (m - nb) * nb * c
-        if name == "bipartite" and spec.partition == "alternate":
-            # the score matrix holds every A row and B column, protected ones set to -inf
-            return ((n + 1) // 2) * (n // 2) * c
-        return (m // 2) * (m - m // 2) * c  # halves / random partitions of the unprotected
-    if name == "greedy":
-        return n * n * c + (r - 1) * n * c  # all pairs once, then a row per merge but the last
-    if name == "kmeans":
-        return (opts.get("iters", 5) + 1) * m * (m - r) * c  # one [M, K] similarity per pass
-    # a plug-in that declares its own count (none, random, truncate, pruning: no products)
     own = spec.own_flops(spec, n, r, **opts) if spec.own_flops is not None else 0
     return stats_flops(spec, n) + own
 

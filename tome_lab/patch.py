@@ -212,7 +212,9 @@ def _patch_embed_flops(model: nn.Module) -> int:
 
 
 def vit_spec(model: nn.Module) -> ViTSpec:
-    """Reads the numbers that token counts and FLOPs depend on from a timm ViT."""
+    """Reads the numbers that token counts and FLOPs depend on from a timm ViT, with the
+    costs of the default configuration's matcher (``bipartite``; :func:`config_spec` gives
+    another configuration's)."""
     _check(model)
     pe = model.patch_embed
     num_patches = pe.num_patches
@@ -227,7 +229,7 @@ def vit_spec(model: nn.Module) -> ViTSpec:
                   + _token_flops(attn.proj))
     fixed = (_patch_embed_flops(model) + _token_flops(model.norm_pre) * num_tokens
              + _token_flops(model.fc_norm) + sum(h.weight.numel() for h in heads))
-    return ViTSpec(
+    return config_spec(ViTSpec(
         depth=len(model.blocks),
         num_tokens=num_tokens,
         num_prefix=model.num_prefix_tokens,
@@ -240,7 +242,7 @@ def vit_spec(model: nn.Module) -> ViTSpec:
         final_token_flops=_token_flops(model.norm),
         fixed_flops=fixed,
         grid=_grid(pe),
-    )
+    ), ToMeConfig())
 
 
 def _grid(patch_embed: nn.Module) -> tuple[int, int] | None:
@@ -512,11 +514,13 @@ def config_spec(spec: ViTSpec, cfg: ToMeConfig) -> ViTSpec:
 
 
 def _check_schedule(spec: ViTSpec, cfg: ToMeConfig, rs: list[int]) -> None:
-    """Refuses an r that no block can remove under the matcher's bound, not even the first
-    (a later block that runs short of tokens is clamped, as in the paper's code, and the
-    analytic count follows the clamp)."""
+    """Refuses a configured r (a constant or an explicit list entry) that no block can remove
+    under the matcher's bound, not even the first. A later block that runs short of tokens,
+    or a computed schedule (linear, decreasing, flops) that asks too much, is clamped, as in
+    the paper's code, and the analytic count follows the clamp."""
     most = max_r(spec.bound, spec.num_tokens, spec.num_prefix)
-    if cfg.matching != "none" and max(rs, default=0) > most:
+    configured = cfg.schedule in ("constant", "list") and cfg.matching != "none"
+    if configured and max(rs, default=0) > most:
         raise ValueError(
             f"r={max(rs)} is more than matching {cfg.matching!r} can remove in any block: "
             f"{spec.num_tokens} tokens enter the first ({spec.num_prefix} protected) and its "

@@ -18,10 +18,12 @@ With another partition plug-in, A and B are drawn from the unprotected tokens on
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from tome_lab.flops import ViTSpec, metric_width
 from tome_lab.matching._context import MatchContext, uses
 from tome_lab.merge import MergeFn, bipartite_merge_fns, similarity
 from tome_lab.registry import MATCHING, PARTITIONS
@@ -114,3 +116,15 @@ def bipartite(ctx: MatchContext, r: int, order: str = "published") -> tuple[Merg
 
 
 bipartite.check_options = _check_options  # apply_config calls it at patch time
+
+
+def _flops(spec: ViTSpec, n: int, r: int, **options: Any) -> int:
+    """One [Na, Nb] similarity matrix: the whole sequence split alternately, or the unprotected
+    tokens split by another partition."""
+    c, m = metric_width(spec), n - spec.num_prefix
+    if spec.partition == "alternate":  # every A row and B column, protected ones set to -inf
+        return ((n + 1) // 2) * (n // 2) * c
+    return (m // 2) * (m - m // 2) * c  # halves / random partitions of the unprotected
+
+
+bipartite.flops = _flops

@@ -9,9 +9,11 @@ so the cost grows as r * N^2 instead of bipartite's N^2 / 4.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
+from tome_lab.flops import ViTSpec, metric_width
 from tome_lab.matching._context import MatchContext, uses
 from tome_lab.merge import MergeFn, group_merge_fns, similarity
 from tome_lab.registry import MATCHING
@@ -57,3 +59,12 @@ def greedy(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
         rep = alive.float().argsort(dim=1, descending=True, stable=True)[:, : n - r]
         rep = rep.sort(dim=1).values
     return group_merge_fns(assign, n - r, rep)
+
+
+def _flops(spec: ViTSpec, n: int, r: int, **options: Any) -> int:
+    """All pairs once, then one row per merge but the last: N^2 C + (r - 1) N C."""
+    c = metric_width(spec)
+    return n * n * c + (r - 1) * n * c  # all pairs once, then a row per merge but the last
+
+
+greedy.flops = _flops

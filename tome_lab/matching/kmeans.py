@@ -8,8 +8,11 @@ output always has exactly N - r tokens. Each iteration is one [B, M, K] similari
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from tome_lab.flops import ViTSpec, metric_width
 from tome_lab.matching._context import MatchContext, uses
 from tome_lab.merge import MergeFn, group_merge_fns, similarity
 from tome_lab.registry import MATCHING
@@ -53,3 +56,12 @@ def kmeans(ctx: MatchContext, r: int, iters: int = 5) -> tuple[MergeFn, MergeFn]
             a = a.scatter(1, worst, torch.where(valid, empty, a.gather(1, worst)))
         assign = torch.cat([torch.arange(p, device=dev).expand(b, -1), a + p], dim=1)
     return group_merge_fns(assign, n - r)
+
+
+def _flops(spec: ViTSpec, n: int, r: int, **options: Any) -> int:
+    """One [M, K] similarity per pass, iters + 1 passes: (iters + 1) M (M - r) C."""
+    c, m = metric_width(spec), n - spec.num_prefix
+    return (options.get("iters", 5) + 1) * m * (m - r) * c  # one [M, K] similarity per pass
+
+
+kmeans.flops = _flops
