@@ -12,7 +12,8 @@ import tome_lab
 from tome_lab.registry import MATCHING, SCHEDULES
 
 SCHEDULE_ARGS = {"constant": {}, "list": dict(r=[4, 0, 2]), "linear": dict(start=4, end=1),
-                 "decreasing": {}, "increasing": {}, "flops": dict(gflops=0.003)}
+                 "decreasing": {}, "increasing": {}, "flops": dict(gflops=0.003),
+                 "constant_flops": dict(gflops=0.003)}
 
 
 def _compiled_equals_eager(m, x, backend="eager", seed=0):
@@ -60,14 +61,22 @@ INDUCTOR_CASES = [
          schedule="decreasing"),
     dict(matching="bipartite", partition="random", feature="v", combine="max",
          schedule="increasing", distance="dot"),
+    dict(matching="dct", r=[6, 2]),
     dict(matching="greedy", feature="x", combine="keep", head_agg="concat",
          schedule="linear", start=4, end=1),
     dict(matching="kmeans", schedule="list", r=[4, 2]),
+    dict(matching="atc", linkage="single"),
+    dict(matching="kmedoids", iters=1),
+    dict(matching="dpc_knn", k=3, combine="keep"),
     dict(matching="kth_bipartite", distance="euclidean"),
+    dict(matching="local_bipartite", window=1),
+    dict(matching="mctf", bidirectional=False),
     dict(matching="none"),
     dict(matching="pruning", schedule="flops", gflops=0.0025),
     dict(matching="random"),
-    dict(matching="random_bipartite"),
+    dict(matching="random_bipartite", schedule="constant_flops", gflops=0.0025),
+    dict(matching="pitome", combine="mlerp"),
+    dict(matching="tofu", switch=1),  # both phases: keep in block 0, MLERP in block 1
     dict(matching="truncate", prop_attn=False),
 ]
 

@@ -10,7 +10,8 @@ from tome_lab.flops import analytic_gflops
 from tome_lab.registry import SCHEDULES
 
 SPEC = tome_lab.vit_spec(timm.create_model("deit_small_patch16_224", pretrained=False))
-OPTIONS = {"list": dict(r=tuple([3] * 12)), "flops": dict(r=0, gflops=3.0)}
+OPTIONS = {"list": dict(r=tuple([3] * 12)), "flops": dict(r=0, gflops=3.0),
+           "constant_flops": dict(r=0, gflops=3.0)}
 
 
 @pytest.mark.parametrize("name", SCHEDULES.names())
@@ -57,3 +58,21 @@ def test_schedule_errors(name, kw, match):
 def test_list_schedule_length_error():
     with pytest.raises(ValueError, match="length 3 for a model with 12 blocks"):
         SCHEDULES.get("list")((1, 2, 3), SPEC)
+
+
+def test_constant_flops_takes_the_closest_constant_r_for_each_matcher():
+    """For each matcher, the constant r whose own count (matching costs included) is closest
+    to the target, found here by brute force over every r."""
+    from tome_lab.config import ToMeConfig
+    from tome_lab.patch import config_spec
+
+    target = 2.9
+    picked = {}
+    for matching in ("bipartite", "kmeans", "pruning"):
+        spec = config_spec(SPEC, ToMeConfig(matching=matching))
+        rs = SCHEDULES.get("constant_flops")(0, spec, gflops=target)
+        errs = {r: abs(analytic_gflops(spec, [r] * 12) - target) for r in range(0, 99)}
+        assert len(set(rs)) == 1 and errs[rs[0]] == min(errs.values())
+        picked[matching] = rs[0]
+    with pytest.raises(ValueError, match="needs the option gflops"):
+        SCHEDULES.get("constant_flops")(0, SPEC)

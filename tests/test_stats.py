@@ -267,3 +267,16 @@ def test_analysis_tables_print_wilson_intervals():
     assert header == "| point | top-1 | 95% CI | GFLOPs | images | status |"
     assert row_a == f"| `a` | 97.20 | [{ci.low:.1f}, {ci.high:.1f}] | 0.0833 | 500 | ok |"
     assert row_b == "| `b` | - | - | - | - | failed |"
+
+
+def test_holm_matches_a_worked_example_and_is_monotone():
+    """Four p-values worked by hand: sorted 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 give 0.04,
+    0.06, 0.06, 0.04 -> made non-decreasing: 0.04, 0.06, 0.06, 0.06."""
+    from tome_lab.stats import holm
+
+    got = holm([0.03, 0.01, 0.04, 0.02])
+    assert got == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([1.5])

@@ -112,6 +112,31 @@ def methods(ctx: Ctx) -> str:
     return _md(["matching", "what (the module's docstring)", "options", "reads", "file"], rows)
 
 
+@TABLES.register("capabilities")
+def capabilities_table(ctx: Ctx) -> str:
+    """One row per matching plug-in: its declared capabilities (the block protocol's
+    ``Capabilities``) and its own FLOP formula (the docstring of its ``flops``)."""
+    from tome_lab.matching import capabilities
+    from tome_lab.registry import MATCHING
+
+    def yes(v: bool) -> str:
+        return "yes" if v else "no"
+
+    rows = []
+    for name in MATCHING.names():
+        fn = MATCHING.get(name)
+        c = capabilities(fn)
+        own = getattr(fn, "flops", None)
+        formula = " ".join((own.__doc__ or "").strip().split("\n\n")[0].split()) if own else "-"
+        stats = ", ".join(f"`{a}`" for a in sorted(c.attention)) or "-"
+        rows.append([f"`{name}`", c.reduction, f"`{c.bound}`", stats, yes(c.positions),
+                     yes(c.sources), yes(c.unmerge), yes(c.stochastic), yes(c.fullgraph),
+                     formula])
+    return _md(["matching", "reduction", "bound on r", "attention stats", "positions",
+                "trace_source", "unmerge", "stochastic", "fullgraph compile",
+                "own FLOPs (besides the stats)"], rows)
+
+
 @TABLES.register("knobs")
 def knobs(ctx: Ctx) -> str:
     """Every registry of plug-ins and its registered names."""

@@ -223,6 +223,28 @@ def mcnemar(hits_a: Sequence[float] | np.ndarray, hits_b: Sequence[float] | np.n
 
 # --------------------------------------------------------------------------- Pareto sets
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (Holm, Scand. J. Stat. 1979).
+
+    The i-th smallest of m p-values is multiplied by m - i (i from 0), the products are made
+    non-decreasing in that order and capped at 1. Rejecting where the adjusted value is below
+    alpha controls the family-wise error rate at alpha for any dependence between the tests.
+
+    Returns:
+        The adjusted p-values, in the order given.
+    """
+    p = [float(v) for v in p_values]
+    if any(not 0.0 <= v <= 1.0 for v in p):
+        raise ValueError(f"p-values must lie in [0, 1], got {p}")
+    m = len(p)
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: p[j])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
 def pareto_mask(cost: Sequence[float] | np.ndarray, value: Sequence[float] | np.ndarray
                 ) -> np.ndarray:
     """Which points are non-dominated when ``cost`` is minimised and ``value`` maximised.

@@ -1,0 +1,28 @@
+"""The constant r whose GFLOPs come closest to a target (``schedule="constant_flops"``).
+
+For comparing methods at one budget with each method's own schedule shape held to the
+paper's (the same r in every block): the analytic count of the configured matcher (its own
+products, its attention statistics and its bound on r, which the spec carries) is evaluated
+for every constant r and the closest to ``gflops`` is kept, ties going to the smaller r.
+Integer r cannot hit a budget exactly; the achieved GFLOPs is the run's ``gflops``. Unlike
+the ``flops`` schedule, no block gets an extra merge, so the shape stays constant.
+"""
+
+from __future__ import annotations
+
+from tome_lab.flops import ViTSpec, analytic_gflops, block_r
+from tome_lab.registry import SCHEDULES
+
+
+@SCHEDULES.register("constant_flops")
+def constant_flops(r: int, spec: ViTSpec, gflops: float | None = None) -> list[int]:
+    """``[r*] * depth`` for the r* whose count is closest to ``gflops``; ``r`` is ignored."""
+    if gflops is None:
+        raise ValueError("schedule 'constant_flops' needs the option gflops=<target GFLOPs>")
+    top = block_r(spec, spec.num_tokens, spec.num_tokens)  # the first block's bound
+    best, best_err = 0, abs(analytic_gflops(spec, [0] * spec.depth) - gflops)
+    for cand in range(1, top + 1):
+        err = abs(analytic_gflops(spec, [cand] * spec.depth) - gflops)
+        if err < best_err:
+            best, best_err = cand, err
+    return [best] * spec.depth
