@@ -7,7 +7,7 @@
 Each argument is one setting: space-separated ``key=value`` words passed to
 ``tome_lab.apply_tome`` on ``vit_digits`` (zoo weights; ``r`` defaults to 4 as in the
 ablation files, other keys such as ``start`` / ``end`` / ``gflops`` go to the plug-ins as
-options). The first setting is the reference. Every setting is scored on all 1,000 held-out
+options; ``seed=N`` seeds torch's generator before the setting runs, 0 otherwise). The first setting is the reference. Every setting is scored on all 1,000 held-out
 mnist5k digits keeping each image's 0/1 result; printed: its top-1 with the 95% Wilson
 interval, fvcore GFLOPs (``tome_lab.count_flops``), and against the reference McNemar's exact
 test and a 95% paired bootstrap interval of the difference (``tome_lab.stats``), as
@@ -69,8 +69,9 @@ def main() -> None:
         DataConfig(name=args.data, split=args.split), base)
     hits, rows = {}, []
     for words in args.settings:
-        torch.manual_seed(0)
-        model = tome_lab.apply_tome(copy.deepcopy(base), **parse(words))
+        kw = parse(words)
+        torch.manual_seed(int(kw.pop("seed", 0)))  # seed=N: a stochastic method's N-th draw
+        model = tome_lab.apply_tome(copy.deepcopy(base), **kw)
         gflops = tome_lab.count_flops(model, input_size)
         if loader is None:
             print(f"{words}: {gflops:.4f} GFLOPs")

@@ -22,6 +22,7 @@ table repeats the format of ``benchmarks/paired_table.py`` (a test holds the two
 from __future__ import annotations
 
 import argparse
+import collections
 import inspect
 import json
 import math
@@ -412,6 +413,73 @@ def paired_rows(rows: list[dict]) -> str:
 def paired(ctx: Ctx, file: str) -> str:
     """A ``benchmarks/paired_sweep.py --json`` file: each setting against the first."""
     return paired_rows(ctx.jsonl(file)) + " " + ctx.source(file)
+
+
+def _words(setting: str) -> dict[str, str]:
+    return dict(w.partition("=")[::2] for w in setting.split())
+
+
+@TABLES.register("methods-compare")
+def methods_compare(ctx: Ctx, *files: str) -> str:
+    """``benchmarks/paired_sweep.py --json`` files, one per FLOP budget, each method against the
+    first setting (the reference) at that budget, with Holm's adjustment over every comparison
+    of the table (the family: all files given)."""
+    import tome_lab
+    from tome_lab import stats
+    from tome_lab.config import ModelConfig
+    from tome_lab.models import create_model
+
+    per_file = [ctx.jsonl(f) for f in files]
+    tests = [row for rows in per_file for row in rows[1:]]
+    adjusted = dict(zip(map(id, tests), stats.holm([r["mcnemar_p"] for r in tests]),
+                        strict=True))
+    specs: dict[str, Any] = {}
+    out, seeds = [], collections.defaultdict(list)
+    for rows in per_file:
+        ref = rows[0]
+        model = ref["model"]
+        if model not in specs:  # random weights: only the schedule's r is read from it
+            specs[model] = create_model(ModelConfig(name=model, pretrained=False))
+        for i, row in enumerate(rows):
+            w = _words(row["setting"])
+            opts = {k: v for k, v in w.items() if k != "seed"}
+            r = tome_lab.tome_state(tome_lab.apply_tome(
+                specs[model], **{k: _number(v) for k, v in opts.items()})).r[0]
+            method = " ".join(f"{k}={v}" for k, v in w.items()
+                              if k not in ("schedule", "gflops"))
+            cells = [w.get("gflops", "-"), f"`{method}`" + (" (reference)" if i == 0 else ""),
+                     r, f"{row['gflops']:.4f}",
+                     f"{row['top1']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"]
+            if i == 0:
+                cells += ["-", "-", "-", "-"]
+            else:
+                p_holm = adjusted[id(row)]
+                verdict = ("not distinguishable here" if p_holm >= 0.05 else
+                           "reference better" if row["diff"] > 0 else "this better")
+                cells += [f"{row['diff']:+.1f} [{row['diff_low']:+.1f}, {row['diff_high']:+.1f}]",
+                          f"{row['mcnemar_p']:.2g}", f"{p_holm:.2g}", verdict]
+            out.append(cells)
+            if "seed" in w:
+                seeds[(w.get("gflops"), w.get("matching"))].append(row["top1"])
+    spread = "; ".join(f"{m} at {g}: {min(v):.1f} to {max(v):.1f} over {len(v)} seeds"
+                       for (g, m), v in seeds.items())
+    n = ", ".join(map(str, sorted({row["n_images"] for rows in per_file for row in rows})))
+    ref = per_file[0][0]
+    return (_md(["budget (GFLOPs)", "method", "r", "GFLOPs", "top-1 [95% CI]",
+                 "reference - this [95% paired CI]", "McNemar p", "Holm p", "verdict"], out)
+            + f"\n\n({n} test images; {ref['model']} on {ref['data']}; Holm over the "
+            f"{len(tests)} comparisons of this table"
+            + (f"; stochastic methods' spread: {spread}" if spread else "") + ") "
+            + ctx.source(*files))
+
+
+def _number(v: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            continue
+    return {"true": True, "false": False}.get(v.lower(), v)
 
 
 @TABLES.register("r-sweep")
