@@ -8,6 +8,7 @@ from conftest import tiny_vit
 
 import tome_lab
 from tome_lab.flops import _sdpa_flop_jit, analytic_gflops
+from tome_lab.registry import MATCHING
 
 # Bolya et al. (ICLR 2023), Table 5: DeiT GFLOPs without and with ToMe.
 PAPER = [
@@ -115,8 +116,7 @@ def test_count_flops_keeps_training_mode():
 # every matcher, and every knob a matcher's cost depends on (feature width, heads, partition);
 # distance and combine change no product, and are swept to show it
 SETTINGS = [
-    *[dict(matching=m) for m in ("bipartite", "greedy", "kmeans", "kth_bipartite", "none",
-                                 "pruning", "random", "random_bipartite", "truncate")],
+    *[dict(matching=m) for m in MATCHING.names()],  # every registered matcher, new ones included
     dict(matching="kmeans", iters=2), dict(matching="kth_bipartite", k=3),
     dict(matching="pruning", criterion="norm"), dict(matching="pruning", criterion="random"),
     dict(feature="x"), dict(feature="q", head_agg="concat"), dict(feature="x", head_agg="concat"),
@@ -124,6 +124,13 @@ SETTINGS = [
     dict(distance="dot"), dict(distance="euclidean"), dict(matching="greedy", distance="dot"),
     dict(combine="keep"), dict(combine="max"), dict(combine="mean"),
     dict(matching="kmeans", combine="max", head_agg="concat"),
+    # the methods' own options and the knobs their cost depends on
+    dict(matching="atc", linkage="average"), dict(matching="dct", r=[12, 3, 0], preserve_mean=True),
+    dict(matching="local_bipartite", window=1, feature="x", head_agg="concat"),
+    dict(matching="mctf", bidirectional=False, combine="max"),
+    dict(matching="pitome", feature="x", distance="euclidean"),
+    dict(matching="tofu", switch=1), dict(matching="tofu", partition="halves"),
+    dict(combine="mlerp"), dict(matching="kmedoids", iters=1), dict(matching="dpc_knn", k=3),
 ]
 
 
@@ -140,7 +147,7 @@ def _setting_cases():
 @pytest.mark.parametrize("name,options", list(_setting_cases()))
 def test_analytic_equals_fvcore_for_every_setting(name, options):
     m = tiny_vit(name, depth=3, img_size=96)  # 36 patches: every block merges
-    tome_lab.apply_tome(m, r=5, **options)
+    tome_lab.apply_tome(m, **{"r": 5, **options})
     st = tome_lab.tome_state(m)
     got = tome_lab.count_flops(m, (3, 96, 96))
     assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
@@ -150,8 +157,9 @@ def test_analytic_equals_fvcore_for_every_setting(name, options):
 
 
 @pytest.mark.full  # fvcore traces of DeiT-T
-@pytest.mark.parametrize("options", [dict(matching="kmeans"), dict(matching="greedy"),
-                                     dict(head_agg="concat"), dict(feature="x")])
+@pytest.mark.parametrize("options", [
+    dict(head_agg="concat"), dict(feature="x"), dict(combine="mlerp"),
+    *[dict(matching=m) for m in MATCHING.names() if m not in ("none", "truncate", "random")]])
 def test_flops_schedule_hits_its_target_whatever_the_matcher(deits, options):
     """On DeiT-T the schedule's fvcore count lands on the target, whatever the matcher."""
     m = deits["deit_tiny_patch16_224"]

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 from conftest import tiny_vit
-from test_method_mlerp import combine_step, schedule_hits_target, wavg_of
+from test_method_mlerp import combine_step, wavg_of
 from test_reference import _model, reference_forward
 
 import tome_lab
@@ -92,19 +92,6 @@ def test_pitome_protects_isolated_tokens_and_merges_the_cluster():
     assert size.sum() == 9
 
 
-@pytest.mark.parametrize("name", PREFIX_LAYOUTS)
-def test_pitome_protects_the_prefix_and_sizes_sum_to_the_input_count(name):
-    m = tiny_vit(name, depth=3)
-    tome_lab.apply_tome(m, r=4, matching="pitome", trace_source=True)
-    with torch.no_grad():
-        m(torch.randn(2, 3, 64, 64))
-    st = tome_lab.tome_state(m)
-    p = st.spec.num_prefix
-    assert torch.equal(st.source[:, :p], torch.eye(st.spec.num_tokens)[:p].expand(2, -1, -1))
-    assert (st.size.sum(dim=1) == st.spec.num_tokens).all()
-    assert st.tokens == [st.spec.num_tokens - 4 * (i + 1) for i in range(3)]
-
-
 def test_pitome_margin_falls_with_depth_as_the_paper_says():
     from tome_lab.matching.pitome import block_margin
 
@@ -143,13 +130,6 @@ def test_pitome_unmerge_copies_each_group_back():
     torch.testing.assert_close(unmerge(y), groups.transpose(1, 2) @ y)
 
 
-def test_pitome_compiles_in_one_graph_and_equals_eager():
-    from test_compile import _compiled_equals_eager
-
-    m = tome_lab.apply_tome(tiny_vit(), r=3, matching="pitome")
-    _compiled_equals_eager(m, torch.randn(2, 3, 64, 64))
-
-
 def test_pitome_counts_its_similarity_graph():
     """Its own products: one [M, M] similarity of the M unprotected tokens per merging block."""
     m = tiny_vit(depth=3, img_size=96)  # 37 tokens, one class token
@@ -157,20 +137,3 @@ def test_pitome_counts_its_similarity_graph():
     own = sum((n - 1) * (n - 1) * 16 for n in (37, 32, 27))
     cost = analytic_gflops(st.spec, st.r) - analytic_gflops(st.spec, st.r, False)
     assert round(cost * 1e9) == own
-
-
-@pytest.mark.full  # fvcore traces
-@pytest.mark.parametrize("name,side,options", [
-    ("deit_tiny_patch16_224", 96, {}), ("vit_medium_patch16_gap_256", 64, {}),
-    ("deit_tiny_distilled_patch16_224", 96, {"feature": "x", "distance": "euclidean"})])
-def test_pitome_fvcore_equals_analytic(name, side, options):
-    m = tiny_vit(name, depth=3, img_size=side)
-    tome_lab.apply_tome(m, r=5, matching="pitome", **options)
-    st = tome_lab.tome_state(m)
-    got = tome_lab.count_flops(m, (3, side, side))
-    assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
-
-
-@pytest.mark.parametrize("fvcore", [False, pytest.param(True, marks=pytest.mark.full)])
-def test_pitome_flops_schedule_hits_its_target(fvcore):
-    schedule_hits_target(dict(matching="pitome"), 0.9, fvcore)

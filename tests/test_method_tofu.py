@@ -9,13 +9,12 @@ import copy
 import pytest
 import torch
 from conftest import tiny_vit
-from test_method_mlerp import bipartite_groups, mlerp_of, schedule_hits_target
+from test_method_mlerp import bipartite_groups, mlerp_of
 from test_reference import _model, reference_forward
 
 import tome_lab
 from tome_lab.flops import analytic_gflops
-from tome_lab.matching import MATCHING, MatchContext, capabilities
-from tome_lab.merge import merge_wavg
+from tome_lab.matching import MATCHING, capabilities
 
 # a distillation token (two prefix tokens) and four registers without a class token
 PREFIX_LAYOUTS = ["deit_tiny_distilled_patch16_224", "vit_base_patch16_reg4_gap_256"]
@@ -62,28 +61,6 @@ def test_tofu_switch_default_is_after_the_middle_block():
     assert switch_block(12) == 7 and switch_block(6) == 4 and switch_block(12, 3) == 3
 
 
-@pytest.mark.parametrize("name", PREFIX_LAYOUTS)
-def test_tofu_protects_the_prefix_and_sizes_sum_to_the_input_count(name):
-    m = tiny_vit(name, depth=3)
-    tome_lab.apply_tome(m, r=4, matching="tofu", switch=1, trace_source=True)
-    with torch.no_grad():
-        m(torch.randn(2, 3, 64, 64))
-    st = tome_lab.tome_state(m)
-    p = st.spec.num_prefix
-    assert torch.equal(st.source[:, :p], torch.eye(st.spec.num_tokens)[:p].expand(2, -1, -1))
-    assert (st.size.sum(dim=1) == st.spec.num_tokens).all()
-    assert st.tokens == [st.spec.num_tokens - 4 * (i + 1) for i in range(3)]
-    # the fusion itself leaves the prefix tokens as they were, in both phases
-    x, metric = torch.randn(2, 21, 8, dtype=torch.float64), torch.randn(2, 21, 4)
-    for block in (0, 2):
-        ctx = MatchContext(metric=metric, num_prefix=p, x=x, block=block, depth=3,
-                           class_token=st.spec.class_token)
-        merge, _ = MATCHING.get("tofu")(ctx, 6, switch=1)
-        out, size = merge_wavg(merge, x)
-        torch.testing.assert_close(out[:, :p], x[:, :p], rtol=1e-15, atol=0)
-        assert (size.sum(dim=1) == 21).all()
-
-
 def test_tofu_refuses_another_combine_and_a_bad_switch():
     m = tiny_vit()
     with pytest.raises(ValueError, match="combine='mean' cannot go with matching='tofu'"):
@@ -104,13 +81,6 @@ def test_tofu_capabilities():
     assert not caps.stochastic and not caps.attention and not caps.sizes
 
 
-def test_tofu_compiles_in_one_graph_and_equals_eager():
-    from test_compile import _compiled_equals_eager
-
-    m = tome_lab.apply_tome(tiny_vit(), r=3, matching="tofu", switch=1)  # both phases
-    _compiled_equals_eager(m, torch.randn(2, 3, 64, 64))
-
-
 def test_tofu_counts_bipartite_products():
     """Its own products are bipartite's one [Na, Nb] similarity per merging block."""
     m = tiny_vit(depth=3, img_size=96)  # 37 tokens: every block merges
@@ -120,20 +90,3 @@ def test_tofu_counts_bipartite_products():
     assert round(cost * 1e9) == own
     b = tome_lab.tome_state(tome_lab.apply_tome(m, r=5))
     assert analytic_gflops(st.spec, st.r) == analytic_gflops(b.spec, b.r)
-
-
-@pytest.mark.full  # fvcore traces
-@pytest.mark.parametrize("name,side,options", [
-    ("deit_tiny_patch16_224", 96, {}), ("vit_medium_patch16_gap_256", 64, {"switch": 1}),
-    ("deit_tiny_patch16_224", 96, {"partition": "halves"})])
-def test_tofu_fvcore_equals_analytic(name, side, options):
-    m = tiny_vit(name, depth=3, img_size=side)
-    tome_lab.apply_tome(m, r=5, matching="tofu", **options)
-    st = tome_lab.tome_state(m)
-    got = tome_lab.count_flops(m, (3, side, side))
-    assert got == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
-
-
-@pytest.mark.parametrize("fvcore", [False, pytest.param(True, marks=pytest.mark.full)])
-def test_tofu_flops_schedule_hits_its_target(fvcore):
-    schedule_hits_target(dict(matching="tofu"), 0.9, fvcore)
