@@ -55,10 +55,10 @@ def test_killed_sweep_reruns_each_point_exactly_once(tmp_path):
     cmd = [sys.executable, "-m", "tome_lab.ablate", f"r=range(0,{n})", *SMALL, "pretrained=false",
            "--out", str(out), "--progress", "false"]
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a guard against a hang, not a timing
     while not list(out.glob("*/result.json")):
         assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, "no point finished in 120 s"
+        assert time.monotonic() < deadline, "no point finished in 600 s"
         time.sleep(0.01)
     first.send_signal(signal.SIGKILL)  # a real kill: no handler, no cleanup
     first.wait()
@@ -71,7 +71,7 @@ def test_killed_sweep_reruns_each_point_exactly_once(tmp_path):
 
     second = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    stdout, stderr = second.communicate(timeout=300)
+    stdout, stderr = second.communicate(timeout=900)
     assert second.returncode == 0, stderr
     assert f"{n - len(done)} ran, {len(done)} reused, 0 failed" in stdout
     after = _results(out)
