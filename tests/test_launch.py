@@ -140,8 +140,8 @@ def _point_weights_at(name: str, path: Path, monkeypatch) -> None:
 
 
 def test_the_zoo_holds_the_embedded_models():
-    assert {"vit_digits", "vit_clutter", "vit_video_digits", "vit_audio_digits"} <= set(
-        ZOO_MODELS)
+    assert {"vit_digits", "vit_clutter", "vit_video_digits", "vit_video_dir",
+            "vit_audio_digits"} <= set(ZOO_MODELS)
 
 
 @pytest.mark.parametrize("name", ZOO_MODELS)

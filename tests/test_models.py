@@ -147,7 +147,8 @@ def test_unknown_model_suggests():
         create_model(ModelConfig(name="vit_digit"))
 
 
-@pytest.mark.parametrize("name", ["vit_clutter", "vit_video_digits", "vit_audio_digits"])
+@pytest.mark.parametrize("name", ["vit_clutter", "vit_video_digits", "vit_video_dir",
+                                  "vit_audio_digits"])
 def test_embedded_task_models_load_their_zoo_file_without_probing_the_network(name, monkeypatch):
     import timm
 

@@ -54,4 +54,5 @@ def test_the_dataset_registry_names_the_tasks_only_as_a_string():
     from tome_lab.registry import DATASETS, TIMM_MODELS
 
     assert "tome_lab.tasks" in DATASETS.plugins and "tome_lab.tasks" in TIMM_MODELS
-    assert {"clutter", "moving_digits", "spoken_digits", "mnist5k"} <= set(DATASETS.names())
+    assert {"clutter", "moving_digits", "moving_digits_dir", "spoken_digits", "mnist5k"} <= set(
+        DATASETS.names())

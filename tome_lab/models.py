@@ -364,8 +364,8 @@ def create_model(cfg: ModelConfig | None = None) -> nn.Module:
     - ``checkpoint=PATH``: random init, then the file's weights (safetensors or torch).
     - ``vit_digits`` with ``pretrained``: the committed zoo checkpoint.
     - a model whose pretrained config names only a local file (the embedded tasks' models:
-      ``vit_clutter``, ``vit_video_digits``, ``vit_audio_digits``) with ``pretrained``: that
-      file, with no network probe.
+      ``vit_clutter``, ``vit_video_digits``, ``vit_video_dir``, ``vit_audio_digits``) with
+      ``pretrained``: that file, with no network probe.
     - another timm name with ``pretrained``: timm's loading (its cache, or the hub when a
       3-second connection probe to it succeeds).
     - ``pretrained=False``: random init (speed-only runs).

@@ -130,15 +130,33 @@ def moving_digits(cfg: DataConfig, model: nn.Module) -> Dataset:
     """Clips [1, 8, 32, 32] labelled by direction (``train`` 6,000 / ``val`` 500 /
     ``test`` 1,000), normalised with the model's mean and std."""
     s = generate(cfg.split)
-    _check_classes(s.labels, model, "moving_digits")
+    return clip_dataset(s.clips, s.labels, model, "moving_digits", MODEL)
+
+
+def clip_dataset(clips: np.ndarray, labels: np.ndarray, model: nn.Module, dataset: str,
+                 model_name: str) -> Dataset:
+    """Clips and labels as model input, shared by the video datasets.
+
+    Args:
+        clips: [N, T, 32, 32] in 0..1.
+        labels: [N] class indices.
+        model: the model they feed (its head's width and pretrained config are checked).
+        dataset: the dataset's name, for errors.
+        model_name: the model the dataset is made for, named in the errors.
+
+    Returns:
+        A ``TensorDataset`` of [N, 1, T, H, W] clips normalised with the model's mean and
+        std, and [N] int64 labels.
+    """
+    _check_classes(labels, model, dataset)
     pcfg = getattr(model, "pretrained_cfg", {}) or {}
     want = tuple(pcfg.get("input_size", ()))
     if want != (1, FRAMES, SIZE, SIZE):
-        raise DataError(f"dataset 'moving_digits' makes clips of shape {(1, FRAMES, SIZE, SIZE)} "
-                        f"(C, T, H, W) but the model takes {want}; use 'vit_video_digits'")
+        raise DataError(f"dataset {dataset!r} makes clips of shape {(1, FRAMES, SIZE, SIZE)} "
+                        f"(C, T, H, W) but the model takes {want}; use {model_name!r}")
     (mean,), (std,) = pcfg["mean"], pcfg["std"]
-    x = (torch.from_numpy(s.clips.copy())[:, None] - mean) / std  # (N, 1, T, H, W)
-    return TensorDataset(x, torch.from_numpy(s.labels.copy()))
+    x = (torch.from_numpy(clips.copy())[:, None] - mean) / std  # (N, 1, T, H, W)
+    return TensorDataset(x, torch.from_numpy(labels.copy()))
 
 
 class TubeEmbed(nn.Module):
@@ -207,6 +225,29 @@ _VIDEO_CFG: dict[str, Any] = dict(
 default_cfgs: dict[str, dict[str, Any]] = {MODEL: _VIDEO_CFG}
 
 
+def video_vit(name: str, num_classes: int, cfg: dict[str, Any], checkpoint: Path,
+              pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """The video ViT architecture shared by the video tasks' models (``vit_video_digits`` and
+    ``tome_lab.tasks.moving_digits_dir``'s ``vit_video_dir``), differing only in the head.
+
+    Args:
+        name: the registered model name (also the name of its zoo record).
+        num_classes: classes of the head.
+        cfg: its timm pretrained config.
+        checkpoint: its zoo checkpoint.
+        pretrained: load ``checkpoint``; never downloads.
+        kwargs: ``VisionTransformer`` arguments overriding the defaults; ``num_frames`` and
+            ``tubelet`` go to ``TubeEmbed``.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    tube = {k: kwargs.pop(k) for k in ("num_frames", "tubelet") if k in kwargs}
+    return build_zoo_model(VisionTransformer, dict(
+        img_size=SIZE, patch_size=4, in_chans=1, num_classes=num_classes, embed_dim=64,
+        depth=12, num_heads=2, mlp_ratio=2.0, embed_layer=functools.partial(TubeEmbed, **tube),
+        class_token=False, global_pool="avg"), kwargs, cfg, name, pretrained, checkpoint)
+
+
 def vit_video_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """A small video ViT: 256 space-time tokens, no class token, average pooling.
 
@@ -217,14 +258,7 @@ def vit_video_digits(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         **kwargs: ``VisionTransformer`` arguments overriding the defaults; ``num_frames`` and
             ``tubelet`` go to ``TubeEmbed``.
     """
-    from timm.models.vision_transformer import VisionTransformer
-
-    tube = {k: kwargs.pop(k) for k in ("num_frames", "tubelet") if k in kwargs}
-    return build_zoo_model(VisionTransformer, dict(
-        img_size=SIZE, patch_size=4, in_chans=1, num_classes=len(DIRECTIONS), embed_dim=64,
-        depth=12, num_heads=2, mlp_ratio=2.0, embed_layer=functools.partial(TubeEmbed, **tube),
-        class_token=False, global_pool="avg"), kwargs, _VIDEO_CFG, MODEL, pretrained,
-        ZOO_CHECKPOINT)
+    return video_vit(MODEL, len(DIRECTIONS), _VIDEO_CFG, ZOO_CHECKPOINT, pretrained, kwargs)
 
 
 register_once(vit_video_digits)
