@@ -8,9 +8,10 @@ Each argument is one setting: space-separated ``key=value`` words passed to
 ``tome_lab.apply_tome`` on ``vit_digits`` (zoo weights; ``r`` defaults to 4 as in the
 ablation files, other keys such as ``start`` / ``end`` / ``gflops`` go to the plug-ins as
 options; ``seed=N`` seeds torch's generator before the setting runs, 0 otherwise). The first
-setting is the reference. Every setting is scored on all 1,000 held-out mnist5k digits keeping each image's 0/1 result; printed: its top-1 with the 95% Wilson
-interval, fvcore GFLOPs (``tome_lab.count_flops``), and against the reference McNemar's exact
-test and a 95% paired bootstrap interval of the difference (``tome_lab.stats``), as
+setting is the reference. Every setting is scored on all 1,000 held-out mnist5k digits
+keeping each image's 0/1 result; printed: its top-1 with the 95% Wilson interval, fvcore
+GFLOPs (``tome_lab.count_flops``), and against the reference McNemar's exact test and a 95%
+paired bootstrap interval of the difference (``tome_lab.stats``), as
 ``benchmarks/paired_matching.py`` does for matchings. ``--model vit_audio_digits --data
 spoken_digits`` runs the audio task instead (its 1,000 ``test`` clips). ``--gflops-only``
 prints the GFLOPs and skips the evaluation (for matching schedules at equal cost). Results are
