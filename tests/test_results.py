@@ -150,6 +150,37 @@ def test_times_compare_as_times_across_utc_offsets():
     assert results.parse_time("") is None and results.parse_time("yesterday") is None
 
 
+def test_a_young_temporary_of_a_dead_writer_on_this_host_goes_at_once(tmp_path, monkeypatch):
+    """A sweep killed while writing leaves a fresh temporary; the rerun drops it at once when
+    its name says that its writer (this host, that pid) is gone, and keeps a live writer's."""
+    import socket
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid, host = int(done.stdout), socket.gethostname()
+    dead = tmp_path / f".config.yaml~{dead_pid}@{host}~x1.tmp"
+    live = tmp_path / f".result.json~{os.getpid()}@{host}~x2.tmp"
+    elsewhere = tmp_path / f".result.json~{dead_pid}@not-{host}~x3.tmp"
+    for p in (dead, live, elsewhere):
+        p.write_text("half")
+    assert results.remove_stale_temps(tmp_path) == 1
+    assert not dead.exists() and live.exists() and elsewhere.exists()
+    # the writer names itself in its temporary, in the form the cleanup reads
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    results.write_text_atomic(tmp_path / "a.txt", "x")
+    assert seen and seen[0].startswith(f".a.txt~{os.getpid()}@{host}~")
+    assert not list(tmp_path.glob(".a.txt*"))  # and leaves none behind
+
+
 def test_young_temporary_files_belong_to_a_live_writer(tmp_path):
     young, old = tmp_path / ".result.json.a.tmp", tmp_path / ".result.json.b.tmp"
     young.write_text("half")

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import tempfile
@@ -165,7 +166,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's pid and host in the name let a later run drop what a killed writer left
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp",
+                               prefix=f".{path.name}~{os.getpid()}@{socket.gethostname()}~")
     try:
         # mkstemp makes the file 0600; results are for collaborators on shared storage, so
         # give it the mode a plain open() would (0666 less the umask).
@@ -220,17 +223,24 @@ def _jsonable(obj: Any) -> Any:
 TEMP_STALE_S = 600.0  # an atomic write takes milliseconds: a temporary this old was abandoned
 
 
+_TEMP_WRITER = re.compile(r"~(\d+)@([^~]+)~[^~]*\.tmp$")
+
+
 def remove_stale_temps(folder: str | os.PathLike[str], older_than_s: float = TEMP_STALE_S
                        ) -> int:
     """Deletes temporary files a killed writer left in ``folder``; returns how many.
 
-    Only files older than ``older_than_s``: a younger one may belong to a writer at work in
-    another process (two launches of one sweep), which must not lose it.
+    A temporary whose name says it was written on this host by a process that no longer
+    exists goes at once; any other only once older than ``older_than_s``: a younger one may
+    belong to a writer at work in another process (two launches of one sweep) or on another
+    host, which must not lose it.
     """
-    n, limit = 0, time.time() - older_than_s
+    n, limit, host = 0, time.time() - older_than_s, socket.gethostname()
     for tmp in Path(folder).glob(".*.tmp"):
+        writer = _TEMP_WRITER.search(tmp.name)
+        dead = writer is not None and writer[2] == host and not pid_alive(writer[1])
         try:
-            if tmp.stat().st_mtime >= limit:
+            if not dead and tmp.stat().st_mtime >= limit:
                 continue
         except FileNotFoundError:
             continue
