@@ -362,3 +362,35 @@ def test_docs_site_builds_strictly(tmp_path):
                            str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_methods_compare_adjusts_over_the_whole_table_and_shows_refusals(tmp_path):
+    """Two budgets' files make one Holm family: p = 0.01 and 0.04 and 0.5 become 0.03, 0.08 and
+    0.5 (three tests), so only the first is a verdict; a refused method gets its reason."""
+    import json
+
+    def row(setting, p=None, diff=None, **extra):
+        base = {"setting": setting, "model": "vit_digits", "data": "mnist5k", "n_images": 100,
+                "top1": 90.0, "low": 80.0, "high": 95.0, "gflops": 0.08}
+        if p is not None:
+            base.update(mcnemar_p=p, diff=diff, diff_low=diff - 1, diff_high=diff + 1)
+        return {**base, **extra}
+
+    g = "schedule=constant_flops gflops=0.0854"
+    a = [row(f"matching=bipartite {g}"), row(f"matching=greedy {g}", 0.01, 2.0),
+         row(f"matching=kmeans {g}", 0.04, -2.0)]
+    b = [row(f"matching=bipartite {g}"), row(f"matching=random {g} seed=1", 0.5, 0.5),
+         {"setting": f"matching=local_bipartite {g}", "model": "vit_digits", "data": "mnist5k",
+          "refused": "matching 'local_bipartite' reads token grid positions; more"}]
+    for name, rows in (("a.jsonl", a), ("b.jsonl", b)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "docs").mkdir()
+    ctx = report.Ctx(tmp_path, tmp_path / "docs" / "methods.md")
+    table = report.methods_compare(ctx, "a.jsonl", "b.jsonl")
+    lines = {ln.split("|")[2].strip(): ln for ln in table.splitlines() if ln.startswith("| 0.")}
+    assert "| 0.03 | reference better |" in lines["`matching=greedy`"]
+    assert "| 0.08 | not distinguishable here |" in lines["`matching=kmeans`"]
+    assert "| 0.5 | not distinguishable here |" in lines["`matching=random seed=1`"]
+    assert "refused: matching 'local_bipartite' reads token grid positions |" \
+        in lines["`matching=local_bipartite`"]
+    assert "Holm over the 3 comparisons" in table

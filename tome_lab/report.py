@@ -430,7 +430,7 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
     from tome_lab.models import create_model
 
     per_file = [ctx.jsonl(f) for f in files]
-    tests = [row for rows in per_file for row in rows[1:]]
+    tests = [row for rows in per_file for row in rows[1:] if "refused" not in row]
     adjusted = dict(zip(map(id, tests), stats.holm([r["mcnemar_p"] for r in tests]),
                         strict=True))
     specs: dict[str, Any] = {}
@@ -442,11 +442,15 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
             specs[model] = create_model(ModelConfig(name=model, pretrained=False))
         for i, row in enumerate(rows):
             w = _words(row["setting"])
+            method = " ".join(f"{k}={v}" for k, v in w.items()
+                              if k not in ("schedule", "gflops"))
+            if "refused" in row:  # the method cannot run on this model: say why
+                out.append([w.get("gflops", "-"), f"`{method}`", "-", "-", "-", "-", "-", "-",
+                            "refused: " + row["refused"].split(";")[0]])
+                continue
             opts = {k: v for k, v in w.items() if k != "seed"}
             r = tome_lab.tome_state(tome_lab.apply_tome(
                 specs[model], **{k: _number(v) for k, v in opts.items()})).r[0]
-            method = " ".join(f"{k}={v}" for k, v in w.items()
-                              if k not in ("schedule", "gflops"))
             cells = [w.get("gflops", "-"), f"`{method}`" + (" (reference)" if i == 0 else ""),
                      r, f"{row['gflops']:.4f}",
                      f"{row['top1']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"]
@@ -463,7 +467,8 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
                 seeds[(w.get("gflops"), w.get("matching"))].append(row["top1"])
     spread = "; ".join(f"{m} at {g}: {min(v):.1f} to {max(v):.1f} over {len(v)} seeds"
                        for (g, m), v in seeds.items())
-    n = ", ".join(map(str, sorted({row["n_images"] for rows in per_file for row in rows})))
+    n = ", ".join(map(str, sorted({row["n_images"] for rows in per_file for row in rows
+                                   if "n_images" in row})))
     ref = per_file[0][0]
     return (_md(["budget (GFLOPs)", "method", "r", "GFLOPs", "top-1 [95% CI]",
                  "reference - this [95% paired CI]", "McNemar p", "Holm p", "verdict"], out)

@@ -27,11 +27,11 @@ import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
 
+import tome_lab.tasks.moving_digits as md
 from tome_lab.config import DataConfig
 from tome_lab.data import _mnist_arrays, generator_version
 from tome_lab.models import register_once
 from tome_lab.registry import DATASETS
-from tome_lab.tasks import moving_digits as md
 
 VERSION = 1  # this labelling's version: bump it with any change to what generate() returns
 DIGITS = 10
