@@ -168,6 +168,8 @@ def test_reapply_reconfigures():
     (dict(prop_attn="yes"), "prop_attn must be True or False"),
     (dict(distance="manhattan"), "valid: cosine, dot, euclidean"),
     (dict(bogus=1), "option 'bogus'"),
+    (dict(matching="atc", linkge="single"), "Did you mean 'linkage'"),
+    (dict(matching="pitome", margn=0.5), r"Did you mean 'margin'\? Their options: alpha, margin"),
     (dict(schedule="flops", gflops=1e6), "cannot be reached"),
     (dict(schedule="flops"), "needs the option gflops"),
 ])

@@ -108,10 +108,14 @@ class ToMeConfig:
         s_params = _params(SCHEDULES.get(self.schedule), 2)
         for key in self.options:
             if key not in m_params and key not in s_params:
-                valid = sorted(set(m_params + s_params)) or ["none"]
+                import difflib
+
+                valid = sorted(set(m_params + s_params))
+                close = difflib.get_close_matches(key, valid, n=2, cutoff=0.6)
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 raise ValueError(
                     f"option {key!r} is not taken by matching {self.matching!r} nor schedule "
-                    f"{self.schedule!r}; their options: {', '.join(valid)}")
+                    f"{self.schedule!r}.{hint} Their options: {', '.join(valid) or 'none'}")
         # a plain dict copy (not a MappingProxyType) so configs and patched models deep-copy
         # and pickle, e.g. when submitit ships them to a cluster job
         object.__setattr__(self, "options", dict(self.options))
