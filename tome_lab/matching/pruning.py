@@ -32,8 +32,7 @@ def _request(class_token: bool, criterion: str = "attention") -> frozenset[str]:
 @uses(reduction="prune", attention=frozenset({"cls", "received"}), stochastic=True)
 def pruning(ctx: MatchContext, r: int, criterion: str = "attention") -> tuple[MergeFn, MergeFn]:
     """Keeps all protected tokens and the top N - prefix - r others by ``criterion``."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown pruning criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    _check_options(criterion)  # apply_config checks it at patch time; a direct call here
     b, n, _ = ctx.x.shape
     p = ctx.num_prefix
     with torch.no_grad():
