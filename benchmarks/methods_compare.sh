@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# The methods comparison of issue 24, way (a), on one embedded task:
-#   benchmarks/methods_compare.sh NAME MODEL DATASET
-# e.g. benchmarks/methods_compare.sh dots vit_dots dots. Every method at the constant r whose
-# analytic GFLOPs come closest to each budget under its own count (schedule=constant_flops),
-# paired against bipartite matching (proportional attention, size-weighted average) at the same
-# budget on the whole test split. Budgets: the model's unmerged GFLOPs / 1.5 and / 2, rounded to
-# 4 decimals. Stochastic methods run three seeds. Writes benchmarks/tasks/methods_NAME_b15.jsonl
-# and _b20.jsonl (benchmarks/paired_sweep.py --json); docs/methods.md shows them with
-# Holm-adjusted p-values (python -m tome_lab.report). Run from the repository root; THREADS
-# (default 2) sets torch's threads.
+# The methods comparison of issue 24 on one embedded task, one of three ways:
+#   benchmarks/methods_compare.sh NAME MODEL DATASET [WAY]
+# e.g. benchmarks/methods_compare.sh dots vit_dots dots c. Budgets: the model's unmerged
+# GFLOPs / 1.5 and / 2, rounded to 4 decimals. Every setting is scored on the whole test
+# split and paired against bipartite matching (proportional attention, size-weighted average)
+# at the same budget (benchmarks/paired_sweep.py --json); docs/methods.md shows the files with
+# Holm-adjusted p-values (python -m tome_lab.report). Stochastic methods run three seeds.
+#   a (default): every method at the constant r whose analytic GFLOPs, its own cost included,
+#      come closest to the budget (schedule=constant_flops); writes methods_NAME_b15.jsonl
+#      and _b20.jsonl under benchmarks/tasks.
+#   b: each method with a published schedule of its own, at the rate closest to the budget:
+#      PiToMe keeps a fixed ratio per block (schedule=keep_ratio), ATC, K-Medoids and DPC-KNN
+#      keep a rate at the 4th, 7th and 10th of 12 blocks (schedule=stages); bipartite's own
+#      schedule is constant r, so the reference is way (a)'s. ToFu and MCTF publish constant
+#      r, which is way (a). Also bipartite under both schedules, to tell method from schedule.
+#      Writes methods_NAME_b15_own.jsonl and _b20_own.jsonl.
+#   c: one schedule for every method: the best val schedule that python -m tome_lab.search
+#      found for bipartite under the budget (runs/methods_c_search.sh writes the studies to
+#      runs/methods_c; this reads their -pareto.yaml), applied unchanged to every method of
+#      way (a). Writes methods_NAME_b15_searched.jsonl and _b20_searched.jsonl.
+# Run from the repository root; THREADS (default 2) sets torch's threads.
 set -euo pipefail
-NAME=$1 MODEL=$2 DATA=$3
+NAME=$1 MODEL=$2 DATA=$3 WAY=${4:-a}
 PY=.venv/bin/python
 TH=${THREADS:-2}
 OUT=benchmarks/tasks
@@ -20,20 +31,38 @@ from tome_lab.config import ModelConfig
 from tome_lab.models import create_model
 s = tome_lab.vit_spec(create_model(ModelConfig(name='$MODEL', pretrained=False)))
 print(tome_lab.analytic_gflops(s, [0] * s.depth))")
+METHODS=("matching=bipartite" "matching=bipartite combine=mlerp" "matching=tofu"
+  "matching=pitome" "matching=mctf" "matching=local_bipartite" "matching=atc"
+  "matching=atc linkage=average" "matching=kmedoids" "matching=dpc_knn" "matching=dct"
+  "matching=kmeans" "matching=greedy" "matching=kth_bipartite" "matching=pruning"
+  "matching=truncate" "matching=random seed=0" "matching=random seed=1"
+  "matching=random seed=2" "matching=random_bipartite seed=0"
+  "matching=random_bipartite seed=1" "matching=random_bipartite seed=2")
 for pair in b15:1.5 b20:2; do
   name=${pair%%:*}; div=${pair##*:}
   g=$($PY -c "print(f'{$BASE / $div:.4f}')")
-  S="schedule=constant_flops gflops=$g"
+  case $WAY in
+    a) S="schedule=constant_flops gflops=$g"; file=$OUT/methods_${NAME}_$name.jsonl
+       SETTINGS=(); for m in "${METHODS[@]}"; do SETTINGS+=("$m $S"); done ;;
+    b) file=$OUT/methods_${NAME}_${name}_own.jsonl
+       SETTINGS=("matching=bipartite schedule=constant_flops gflops=$g"
+         "matching=pitome schedule=keep_ratio gflops=$g"
+         "matching=atc schedule=stages gflops=$g"
+         "matching=atc linkage=average schedule=stages gflops=$g"
+         "matching=atc linkage=complete schedule=stages gflops=$g"
+         "matching=kmedoids schedule=stages gflops=$g"
+         "matching=dpc_knn schedule=stages gflops=$g"
+         "matching=bipartite schedule=keep_ratio gflops=$g"
+         "matching=bipartite schedule=stages gflops=$g") ;;
+    c) file=$OUT/methods_${NAME}_${name}_searched.jsonl
+       R=$($PY -c "
+import json, yaml
+cfg = yaml.safe_load(open('runs/methods_c/methods_c_${NAME}_$name-pareto.yaml'))
+print(json.dumps(list(cfg['tome']['r'])).replace(' ', ''))")
+       S="schedule=list r=$R"
+       SETTINGS=(); for m in "${METHODS[@]}"; do SETTINGS+=("$m $S"); done ;;
+    *) echo "WAY must be a, b or c, got '$WAY'" >&2; exit 2 ;;
+  esac
   $PY benchmarks/paired_sweep.py --threads "$TH" --model "$MODEL" --data "$DATA" \
-    --json "$OUT/methods_${NAME}_$name.jsonl" \
-    "matching=bipartite $S" \
-    "matching=bipartite combine=mlerp $S" \
-    "matching=tofu $S" "matching=pitome $S" "matching=mctf $S" \
-    "matching=local_bipartite $S" "matching=atc $S" "matching=atc linkage=average $S" \
-    "matching=kmedoids $S" "matching=dpc_knn $S" "matching=dct $S" \
-    "matching=kmeans $S" "matching=greedy $S" "matching=kth_bipartite $S" \
-    "matching=pruning $S" "matching=truncate $S" \
-    "matching=random $S seed=0" "matching=random $S seed=1" "matching=random $S seed=2" \
-    "matching=random_bipartite $S seed=0" "matching=random_bipartite $S seed=1" \
-    "matching=random_bipartite $S seed=2"
+    --budget "$g" --json "$file" "${SETTINGS[@]}"
 done

@@ -35,10 +35,14 @@ from tome_lab.models import create_model
 
 
 def parse(words: str) -> dict:
-    """``"schedule=linear start=6 end=1"`` -> ``{"schedule": "linear", "start": 6, "end": 1}``."""
+    """``"schedule=linear start=6 end=1"`` -> ``{"schedule": "linear", "start": 6, "end": 1}``;
+    a value in brackets is a JSON list (``schedule=list r=[4,4,2,0]``, no spaces)."""
     out: dict = {"r": 4}
     for word in words.split():
         key, _, value = word.partition("=")
+        if value.startswith("["):
+            out[key] = json.loads(value)
+            continue
         for kind in (int, float):
             try:
                 out[key] = kind(value)
@@ -62,6 +66,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=("train", "val", "test"),
                     help="split to score (val: for choices made before the test split)")
     ap.add_argument("--json", help="also write one JSON line per setting to this file")
+    ap.add_argument("--budget", type=float,
+                    help="the GFLOPs budget these settings were chosen for, recorded in each row")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base = create_model(ModelConfig(name=args.model, checkpoint=args.checkpoint)).eval()
@@ -79,6 +85,7 @@ def main() -> None:
             if words == args.settings[0]:
                 raise
             rows.append({"setting": words, "model": args.model, "data": args.data,
+                         **({"budget": args.budget} if args.budget is not None else {}),
                          "refused": str(err)})
             continue
         gflops = tome_lab.count_flops(model, input_size)
@@ -93,6 +100,8 @@ def main() -> None:
         rows.append({"setting": words, "model": args.model, "data": args.data,
                      **({"checkpoint": args.checkpoint} if args.checkpoint else {}),
                      **({"split": args.split} if args.split != "test" else {}),
+                     **({"budget": args.budget} if args.budget is not None else {}),
+                     "r": list(tome_lab.tome_state(model).r),
                      "n_images": len(h), "top1": ci.estimate, "low": ci.low, "high": ci.high,
                      "gflops": gflops})
     ref = args.settings[0]

@@ -13,7 +13,8 @@ from tome_lab.registry import MATCHING, SCHEDULES
 
 SCHEDULE_ARGS = {"constant": {}, "list": dict(r=[4, 0, 2]), "linear": dict(start=4, end=1),
                  "decreasing": {}, "increasing": {}, "flops": dict(gflops=0.003),
-                 "constant_flops": dict(gflops=0.003)}
+                 "constant_flops": dict(gflops=0.003), "stages": dict(keep_rate=0.5),
+                 "keep_ratio": dict(ratio=0.8)}
 
 
 def _compiled_equals_eager(m, x, backend="eager", seed=0):
@@ -65,7 +66,7 @@ INDUCTOR_CASES = [
     dict(matching="greedy", feature="x", combine="keep", head_agg="concat",
          schedule="linear", start=4, end=1),
     dict(matching="kmeans", schedule="list", r=[4, 2]),
-    dict(matching="atc", linkage="single"),
+    dict(matching="atc", linkage="single", schedule="stages", keep_rate=0.5),
     dict(matching="kmedoids", iters=1),
     dict(matching="dpc_knn", k=3, combine="keep"),
     dict(matching="kth_bipartite", distance="euclidean"),
@@ -75,7 +76,7 @@ INDUCTOR_CASES = [
     dict(matching="pruning", schedule="flops", gflops=0.0025),
     dict(matching="random"),
     dict(matching="random_bipartite", schedule="constant_flops", gflops=0.0025),
-    dict(matching="pitome", combine="mlerp"),
+    dict(matching="pitome", combine="mlerp", schedule="keep_ratio", ratio=0.8),
     dict(matching="tofu", switch=1),  # both phases: keep in block 0, MLERP in block 1
     dict(matching="truncate", prop_attn=False),
 ]

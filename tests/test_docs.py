@@ -394,3 +394,29 @@ def test_methods_compare_adjusts_over_the_whole_table_and_shows_refusals(tmp_pat
     assert "refused: matching 'local_bipartite' reads token grid positions |" \
         in lines["`matching=local_bipartite`"]
     assert "Holm over the 3 comparisons" in table
+
+
+def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path):
+    """A row's own r list and budget are shown (no schedule rebuilt), the achieved GFLOPs
+    against the budget in percent, and img/s from a speed file matched by model and setting."""
+    import json
+
+    s = "schedule=list r=[4,4,2,0]"
+    rows = [{"setting": f"matching=bipartite {s}", "model": "m", "data": "d", "n_images": 10,
+             "top1": 90.0, "low": 60.0, "high": 99.0, "gflops": 0.102, "budget": 0.1,
+             "r": [4, 4, 2, 0]},
+            {"setting": f"matching=atc schedule=stages gflops=0.1", "model": "m", "data": "d",
+             "n_images": 10, "top1": 80.0, "low": 50.0, "high": 95.0, "gflops": 0.095,
+             "budget": 0.1, "r": [0, 6, 0, 0], "mcnemar_p": 0.5, "diff": 10.0,
+             "diff_low": -10.0, "diff_high": 30.0}]
+    speed = [{"model": "m", "setting": f"matching=atc schedule=stages gflops=0.1",
+              "img_per_s": 1234.4}]
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "x_speed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in speed))
+    (tmp_path / "docs").mkdir()
+    ctx = report.Ctx(tmp_path, tmp_path / "docs" / "methods.md")
+    table = report.methods_compare(ctx, "x.jsonl", "x_speed.jsonl")
+    lines = {ln.split("|")[2].strip(): ln for ln in table.splitlines() if ln.startswith("| 0.")}
+    assert "| list r=4,4,2,0 | 0.1020 | +2.0% | - |" in lines["`matching=bipartite` (reference)"]
+    assert "| stages r=0,6,0,0 | 0.0950 | -5.0% | 1234 |" in lines["`matching=atc`"]
+    assert "x_speed.jsonl" in table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import timm
 
@@ -76,3 +78,74 @@ def test_constant_flops_takes_the_closest_constant_r_for_each_matcher():
         picked[matching] = rs[0]
     with pytest.raises(ValueError, match="needs the option gflops"):
         SCHEDULES.get("constant_flops")(0, SPEC)
+
+
+def _stages_by_hand(tokens, prefix, keep, blocks, depth):
+    """EViT's rounding with exact fractions: ceil(keep * unprotected) survive at each stage,
+    at most half the unprotected tokens merged (a bipartite matcher's bound)."""
+    import math
+    from fractions import Fraction
+
+    out = []
+    for i in range(depth):
+        free = tokens - prefix
+        r = min(free - math.ceil(Fraction(keep) * free), free // 2) if i in blocks else 0
+        out.append(r)
+        tokens -= r
+    return out
+
+
+def test_stages_keep_a_rate_at_the_4th_7th_and_10th_block():
+    # DeiT-S, keep 0.7: 196 -> 138 -> 97 -> 68 unprotected tokens (EViT's counts without its
+    # fused token)
+    assert SCHEDULES.get("stages")(0, SPEC) == [0, 0, 0, 58, 0, 0, 41, 0, 0, 29, 0, 0]
+    assert SCHEDULES.get("stages")(0, SPEC, keep_rate=0.5, at=[0, 5]) == _stages_by_hand(
+        197, 1, "0.5", {0, 5}, 12)
+    audio = tome_lab.vit_spec(timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, depth=8, class_token=False,
+        global_pool="avg"))
+    assert [i for i, r in enumerate(SCHEDULES.get("stages")(0, audio)) if r] == [2, 4, 6]
+    two = replace(SPEC, depth=2)  # 9 x 2 / 12 rounds to 2: the last block, not past it
+    assert SCHEDULES.get("stages")(0, two, keep_rate=0.5) == [98, 49]
+
+
+def test_keep_ratio_is_pitomes_geometric_schedule():
+    import math
+    from fractions import Fraction
+
+    want, free = [], 196
+    for _ in range(12):  # r = floor(T (1 - ratio)) on the unprotected tokens, exactly
+        r = math.floor(free * (1 - Fraction("0.9")))
+        want.append(r)
+        free -= r
+    assert SCHEDULES.get("keep_ratio")(0, SPEC, ratio=0.9) == want
+    assert want[:3] == [19, 17, 16]  # 196 -> 177 -> 160 -> 144 by hand
+    hundred = replace(SPEC, num_tokens=101)  # 100 unprotected tokens at 0.55 merge 45, where
+    assert SCHEDULES.get("keep_ratio")(0, hundred, ratio=0.55)[0] == 45  # floats give 44
+
+
+@pytest.mark.parametrize("name,family,ks", [
+    ("stages", lambda k: _stages_by_hand(197, 1, f"{k}/100", {3, 6, 9}, 12), range(1, 101)),
+    ("keep_ratio", lambda k: SCHEDULES.get("keep_ratio")(0, SPEC, ratio=1 - k / 200),
+     range(101)),
+])
+def test_rate_schedules_take_the_rate_closest_to_a_budget(name, family, ks):
+    grid = [family(k) for k in ks]
+    for target in (3.4, 2.7):
+        got = SCHEDULES.get(name)(0, SPEC, gflops=target)
+        err = abs(analytic_gflops(SPEC, got) - target)
+        assert got in grid and err == pytest.approx(
+            min(abs(analytic_gflops(SPEC, s) - target) for s in grid))
+        assert err < 0.05  # DeiT-S: one rate step moves the count by at most ~0.1
+
+
+@pytest.mark.parametrize("name,kw,match", [
+    ("stages", dict(keep_rate=0), "keep_rate must be in"),
+    ("stages", dict(keep_rate=1.5), "keep_rate must be in"),
+    ("stages", dict(at=[3, 12]), r"block indices in 0..11"),
+    ("stages", dict(at=3), "list of block indices"),
+    ("keep_ratio", dict(ratio=0.2), r"ratio must be in \[0.5, 1\]"),
+])
+def test_rate_schedule_errors(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        SCHEDULES.get(name)(0, SPEC, **kw)

@@ -688,3 +688,19 @@ def test_report_picks_the_baseline_on_the_search_split_not_on_test():
     text = format_report(summary, SearchConfig())
     row = text.split("Pareto schedules")[1].splitlines()[2]
     assert "decreasing" in row and "constant" not in row and "dearer" not in row
+
+
+def test_under_a_budget_the_baselines_are_the_dearest_feasible_of_each_kind(tmp_path, spec):
+    from tome_lab.registry import SCHEDULES
+
+    budget = 0.07
+    study = create_study(EXP, _scfg(tmp_path, trials=2, gflops_budget=budget))
+    queued = {t.user_attrs["baseline"]: t for t in study.get_trials(states=(TrialState.WAITING,))}
+    want = {}
+    for kind in ("constant", "decreasing"):  # brute force over r with the plain count
+        costs = {r: analytic_gflops(spec, SCHEDULES.get(kind)(r, spec)) for r in range(40)}
+        want[kind] = min(r for r, g in costs.items() if g <= budget)  # the least merging
+    assert sorted(queued) == [f"constant r={want['constant']}",
+                              f"decreasing r={want['decreasing']}"]
+    unbudgeted = create_study(EXP, _scfg(tmp_path / "all", trials=2))
+    assert len(unbudgeted.get_trials(states=(TrialState.WAITING,))) > 10

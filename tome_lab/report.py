@@ -419,40 +419,63 @@ def _words(setting: str) -> dict[str, str]:
     return dict(w.partition("=")[::2] for w in setting.split())
 
 
+_SCHEDULE_WORDS = ("schedule", "gflops", "r", "keep_rate", "ratio", "at")
+
+
+def _speeds(ctx: Ctx, files: list[str]) -> dict[tuple[str, str], float]:
+    """(model, setting) -> img/s from ``benchmarks/methods_speed.py`` files."""
+    return {(row["model"], row["setting"]): row["img_per_s"]
+            for f in files for row in ctx.jsonl(f)}
+
+
 @TABLES.register("methods-compare")
 def methods_compare(ctx: Ctx, *files: str) -> str:
     """``benchmarks/paired_sweep.py --json`` files, one per FLOP budget, each method against the
     first setting (the reference) at that budget, with Holm's adjustment over every comparison
-    of the table (the family: all files given)."""
+    of the table (the family: all files given). Files named ``*speed*.jsonl``
+    (``benchmarks/methods_speed.py``) fill the img/s column instead, matched by model and
+    setting. "vs budget" is the achieved GFLOPs against the budget."""
     import tome_lab
     from tome_lab import stats
     from tome_lab.config import ModelConfig
     from tome_lab.models import create_model
 
+    speed_files = [f for f in files if "speed" in Path(f).name]
+    files = tuple(f for f in files if f not in speed_files)
     per_file = [ctx.jsonl(f) for f in files]
     tests = [row for rows in per_file for row in rows[1:] if "refused" not in row]
     adjusted = dict(zip(map(id, tests), stats.holm([r["mcnemar_p"] for r in tests]),
                         strict=True))
     specs: dict[str, Any] = {}
+    speed = _speeds(ctx, speed_files)
     out, seeds = [], collections.defaultdict(list)
     for rows in per_file:
         ref = rows[0]
         model = ref["model"]
-        if model not in specs:  # random weights: only the schedule's r is read from it
-            specs[model] = create_model(ModelConfig(name=model, pretrained=False))
         for i, row in enumerate(rows):
             w = _words(row["setting"])
-            method = " ".join(f"{k}={v}" for k, v in w.items()
-                              if k not in ("schedule", "gflops"))
+            method = " ".join(f"{k}={v}" for k, v in w.items() if k not in _SCHEDULE_WORDS)
+            shape = w.get("schedule", "constant")
+            budget = row.get("budget", w.get("gflops", "-"))
             if "refused" in row:  # the method cannot run on this model: say why
-                out.append([w.get("gflops", "-"), f"`{method}`", "-", "-", "-", "-", "-", "-",
-                            "refused: " + row["refused"].split(";")[0]])
+                out.append([budget, f"`{method}`", shape, "-", "-", "-", "-", "-", "-", "-",
+                            "-", "refused: " + row["refused"].split(";")[0]])
                 continue
-            opts = {k: v for k, v in w.items() if k != "seed"}
-            r = tome_lab.tome_state(tome_lab.apply_tome(
-                specs[model], **{k: _number(v) for k, v in opts.items()})).r[0]
-            cells = [w.get("gflops", "-"), f"`{method}`" + (" (reference)" if i == 0 else ""),
-                     r, f"{row['gflops']:.4f}",
+            if "r" in row:
+                r = row["r"]
+            else:  # older files: rebuild the schedule on random weights
+                if model not in specs:
+                    specs[model] = create_model(ModelConfig(name=model, pretrained=False))
+                opts = {k: v for k, v in w.items() if k != "seed"}
+                r = tome_lab.tome_state(tome_lab.apply_tome(
+                    specs[model], **{k: _number(v) for k, v in opts.items()})).r
+            gap = (f"{100 * (row['gflops'] / float(budget) - 1):+.1f}%"
+                   if budget != "-" else "-")
+            ips = speed.get((model, row["setting"]))
+            cells = [budget, f"`{method}`" + (" (reference)" if i == 0 else ""),
+                     shape + (f" r={r[0]}" if len(set(r)) == 1 else
+                              " r=" + ",".join(map(str, r))),
+                     f"{row['gflops']:.4f}", gap, f"{ips:.0f}" if ips else "-",
                      f"{row['top1']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"]
             if i == 0:
                 cells += ["-", "-", "-", "-"]
@@ -464,18 +487,19 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
                           f"{row['mcnemar_p']:.2g}", f"{p_holm:.2g}", verdict]
             out.append(cells)
             if "seed" in w:
-                seeds[(w.get("gflops"), w.get("matching"))].append(row["top1"])
+                seeds[(budget, method.replace(f" seed={w['seed']}", ""))].append(row["top1"])
     spread = "; ".join(f"{m} at {g}: {min(v):.1f} to {max(v):.1f} over {len(v)} seeds"
                        for (g, m), v in seeds.items())
     n = ", ".join(map(str, sorted({row["n_images"] for rows in per_file for row in rows
                                    if "n_images" in row})))
     ref = per_file[0][0]
-    return (_md(["budget (GFLOPs)", "method", "r", "GFLOPs", "top-1 [95% CI]",
-                 "reference - this [95% paired CI]", "McNemar p", "Holm p", "verdict"], out)
+    return (_md(["budget (GFLOPs)", "method", "schedule", "GFLOPs", "vs budget", "img/s",
+                 "top-1 [95% CI]", "reference - this [95% paired CI]", "McNemar p", "Holm p",
+                 "verdict"], out)
             + f"\n\n({n} test images; {ref['model']} on {ref['data']}; Holm over the "
             f"{len(tests)} comparisons of this table"
             + (f"; stochastic methods' spread: {spread}" if spread else "") + ") "
-            + ctx.source(*files))
+            + ctx.source(*files, *speed_files))
 
 
 def _number(v: str) -> Any:

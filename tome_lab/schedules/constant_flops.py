@@ -10,8 +10,9 @@ the ``flops`` schedule, no block gets an extra merge, so the shape stays constan
 
 from __future__ import annotations
 
-from tome_lab.flops import ViTSpec, analytic_gflops, block_r
+from tome_lab.flops import ViTSpec, block_r
 from tome_lab.registry import SCHEDULES
+from tome_lab.schedules._budget import closest
 
 
 @SCHEDULES.register("constant_flops")
@@ -20,9 +21,4 @@ def constant_flops(r: int, spec: ViTSpec, gflops: float | None = None) -> list[i
     if gflops is None:
         raise ValueError("schedule 'constant_flops' needs the option gflops=<target GFLOPs>")
     top = block_r(spec, spec.num_tokens, spec.num_tokens)  # the first block's bound
-    best, best_err = 0, abs(analytic_gflops(spec, [0] * spec.depth) - gflops)
-    for cand in range(1, top + 1):
-        err = abs(analytic_gflops(spec, [cand] * spec.depth) - gflops)
-        if err < best_err:
-            best, best_err = cand, err
-    return [best] * spec.depth
+    return closest(spec, ([c] * spec.depth for c in range(top + 1)), gflops)

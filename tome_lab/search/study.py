@@ -157,7 +157,7 @@ def create_study(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec | None
         study.set_user_attr("experiment", _plain(_exp_dict(exp)))
         if scfg.baselines:
             base_knobs = _base_knobs(exp, scfg)
-            for label, sched in baselines(spec):
+            for label, sched in budget_baselines(exp, scfg, spec, base_knobs):
                 params = ({param_name(i): v for i, v in enumerate(encode(spec, sched))}
                           | base_knobs)
                 study.enqueue_trial(params, user_attrs={"baseline": label},
@@ -201,6 +201,25 @@ def study_identity(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec) -> 
 
 def _exp_dict(exp: ExperimentConfig) -> dict[str, Any]:
     return to_dict(exp)
+
+
+def budget_baselines(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec,
+                     knobs: Mapping[str, Any]) -> list[tuple[str, list[int]]]:
+    """The baselines a study enqueues: every one of :func:`baselines` without a budget; under
+    ``gflops_budget``, of each kind (constant, decreasing) only the dearest feasible schedule,
+    the one nearest the budget from below (a cheaper one of the same kind merges more in
+    every block, and an infeasible one is scored and then ranked last, so both would spend
+    trials on schedules the budget makes uninteresting)."""
+    pairs = baselines(spec)
+    if scfg.gflops_budget is None:
+        return pairs
+    best: dict[str, tuple[float, str, list[int]]] = {}
+    for label, sched in pairs:
+        g = trial_gflops(spec, trial_config(exp, sched, knobs, scfg.split))
+        kind = label.split()[0]
+        if g <= scfg.gflops_budget and (kind not in best or g > best[kind][0]):
+            best[kind] = (g, label, sched)
+    return [(label, sched) for _, label, sched in best.values()]
 
 
 def _base_knobs(exp: ExperimentConfig, scfg: SearchConfig) -> dict[str, Any]:
