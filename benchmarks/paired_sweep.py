@@ -54,8 +54,9 @@ def parse(words: str) -> dict:
     return out
 
 
-def main() -> None:
-    """Prints each setting's top-1, interval and GFLOPs, and the paired comparisons."""
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Prints each setting's top-1, interval and GFLOPs, and the paired comparisons; returns
+    the rows (``benchmarks/methods_tune.py`` calls it on val, then on test)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("settings", nargs="+", help="space-separated key=value words per setting")
     ap.add_argument("--gflops-only", action="store_true", help="print GFLOPs only")
@@ -68,7 +69,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write one JSON line per setting to this file")
     ap.add_argument("--budget", type=float,
                     help="the GFLOPs budget these settings were chosen for, recorded in each row")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = create_model(ModelConfig(name=args.model, checkpoint=args.checkpoint)).eval()
     input_size = tuple(model_data_config(base)["input_size"])  # as tome_lab.evaluate
@@ -119,6 +120,7 @@ def main() -> None:
         from tome_lab import results
 
         results.write_text_atomic(args.json, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
 
 
 if __name__ == "__main__":

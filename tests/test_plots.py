@@ -270,3 +270,35 @@ def test_command_line_heatmap_of_an_explicit_list_column(tmp_path):
     _assert_image(out)
     assert plots.main([str(table), "--preset", "pareto", "--schedule", "tome.r", "-o",
                        str(out)]) == 2
+
+
+def test_one_line_per_method_from_paired_sweep_files_with_a_query(tmp_path, capsys):
+    """Paired-sweep rows get a ``method`` column (the setting without its schedule words);
+    ``--lines`` joins each method's points in order of GFLOPs; ``--query`` filters rows."""
+    rows = []
+    for g, acc in ((0.08, (85.0, 66.0, 50.0)), (0.11, (92.0, 90.0, 60.0))):
+        for m, a in zip(("matching=bipartite", "matching=atc linkage=average",
+                         "matching=random seed=1"), acc, strict=True):
+            rows.append({"setting": f"{m} schedule=constant_flops gflops={g}", "top1": a,
+                         "gflops": g, "n_images": 1000})
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))  # x out of order
+    df = plots.read_table([str(path)])
+    assert sorted(set(df["method"])) == ["matching=atc linkage=average", "matching=bipartite",
+                                         "matching=random seed=1"]
+    fig = plots.tradeoff(df.query("not method.str.contains('seed')", engine="python"),
+                         hue="method", lines=True, frontier=False)
+    drawn = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}  # errorbar's data line
+    assert sorted(drawn) == ["method = matching=atc linkage=average",
+                             "method = matching=bipartite"]
+    for ln in drawn.values():  # each method a line through its two budgets, in GFLOPs order
+        assert list(ln.get_xdata()) == [0.08, 0.11] and ln.get_linestyle() == "-"
+    assert list(drawn["method = matching=bipartite"].get_ydata()) == [85.0, 92.0]
+    out = tmp_path / "m.png"
+    assert plots.main([str(path), "--hue", "method", "--lines", "--query",
+                       "not method.str.contains('seed')", "-o", str(out)]) == 0
+    assert out.exists()
+    assert plots.main([str(path), "--query", "nonsense ==", "-o", str(out)]) == 2
+    assert "--query 'nonsense ==' failed" in capsys.readouterr().err
+    assert results.setting_method("matching=atc linkage=single schedule=stages gflops=0.1 "
+                                  "keep_rate=0.7 at=[3,6]") == "matching=atc linkage=single"

@@ -138,7 +138,7 @@ def _front_line(ax: Axes, df: pd.DataFrame, x: str, y: str, **kw: Any) -> pd.Dat
 
 def tradeoff(df: pd.DataFrame, x: str = "gflops", y: str = "top1",
              hue: str | None = "tome.matching", frontier: bool = True, intervals: bool = True,
-             baseline: bool = True, title: str | None = None) -> Figure:
+             baseline: bool = True, title: str | None = None, lines: bool = False) -> Figure:
     """Accuracy against cost or speed, one colour per ``hue`` value, with the Pareto front.
 
     Args:
@@ -151,6 +151,7 @@ def tradeoff(df: pd.DataFrame, x: str = "gflops", y: str = "top1",
         baseline: mark the unmerged model (rows whose GFLOPs equal ``gflops_base``) with a
             star; without such a row and with ``x="gflops"``, a dotted line at its GFLOPs.
         title: figure title.
+        lines: join each ``hue`` group's points in order of ``x`` (one line per method).
 
     Raises:
         KeyError: a column is missing (the message lists those there are).
@@ -162,10 +163,16 @@ def tradeoff(df: pd.DataFrame, x: str = "gflops", y: str = "top1",
     _require(df, x, y)
     fig, ax = _figure()
     groups = [(None, df)] if hue is None else list(df.groupby(df[hue].map(_text), sort=True))
-    for (name, part), colour in zip(groups, _palette(len(groups)), strict=True):
+    for i, ((name, part), colour) in enumerate(zip(groups, _palette(len(groups)), strict=True)):
         err = _errors(part, y, intervals)
-        ax.errorbar(part[x].to_numpy(float), part[y].to_numpy(float), yerr=err, fmt="o",
-                    color=colour, ms=5, capsize=2, lw=1, zorder=3,
+        # the colour-blind palette has 10 colours: later groups change marker and dash
+        marker, dash = "osD^v"[(i // 10) % 5], ("-", "--", ":", "-.")[(i // 10) % 4]
+        if lines:
+            part = part.sort_values(x)
+            err = _errors(part, y, intervals)
+        ax.errorbar(part[x].to_numpy(float), part[y].to_numpy(float), yerr=err,
+                    fmt=marker + (dash if lines else ""), color=colour, ms=5, capsize=2, lw=1,
+                    zorder=3,
                     label=None if name is None else f"{hue} = {name}")
     if frontier:
         _front_line(ax, df, x, y)
@@ -422,6 +429,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(default schedule; tome.r for explicit-list sweeps)")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("--no-frontier", action="store_true", help="no Pareto step line")
+    parser.add_argument("--lines", action="store_true",
+                        help="trade-off: join each colour's points (one line per method)")
+    parser.add_argument("--query", help="keep the rows matching this pandas query, e.g. "
+                        "\"not method.str.contains('seed=[12]')\"")
     parser.add_argument("--no-intervals", action="store_true", help="no error bars")
     parser.add_argument("--all", action="store_true",
                         help="heat map: every schedule, not only the Pareto-optimal ones")
@@ -454,7 +465,11 @@ def read_table(paths: Iterable[str]) -> pd.DataFrame:
             text = path.read_text(encoding="utf-8")
             recs = ([json.loads(line) for line in text.splitlines() if line.strip()]
                     if path.suffix == ".jsonl" else json.loads(text))
-            frames.append(pd.DataFrame(recs if isinstance(recs, list) else [recs]))
+            frame = pd.DataFrame(recs if isinstance(recs, list) else [recs])
+            if "setting" in frame.columns:  # paired-sweep rows: the method without schedule
+                frame["method"] = frame["setting"].map(
+                    lambda v: results.setting_method(v) if isinstance(v, str) else v)
+            frames.append(frame)
         else:
             raise FileNotFoundError(f"{p}: not a results folder, .csv, .json or .jsonl")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -496,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = {"x": args.x, "y": args.y, "title": args.title, "schedule": args.schedule,
              ("method" if kind == "search" else "hue"): args.hue,
              "frontier": False if args.no_frontier else None,
+             "lines": True if args.lines else None,
              "intervals": False if args.no_intervals else None,
              "pareto_only": False if args.all else None}
     for key, value in given.items():
@@ -503,13 +519,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if key not in accepted:
             flag = {"method": "hue", "frontier": "no-frontier", "intervals": "no-intervals",
-                    "pareto_only": "all"}.get(key, key)
+                    "pareto_only": "all", "lines": "lines"}.get(key, key)
             print(f"error: the {kind} plot takes no --{flag}; it takes: "
                   f"{', '.join(sorted(accepted))}", file=sys.stderr)
             return 2
         opts[key] = None if key == "hue" and value == "none" else value
     try:
         df = _parse_lists(read_table(args.paths))
+        if args.query:
+            try:
+                df = df.query(args.query, engine="python")
+            except Exception as err:  # pandas raises many kinds for a bad expression
+                raise ValueError(f"--query {args.query!r} failed: {err}; the columns are "
+                                 f"{', '.join(map(str, df.columns))}") from err
         fig = PLOTS[kind](df, **opts)
         cmd = "python -m tome_lab.plots " + " ".join(shlex.quote(a) for a in args_list)
         out = save(fig, args.output, command=cmd, dpi=args.dpi)

@@ -419,9 +419,6 @@ def _words(setting: str) -> dict[str, str]:
     return dict(w.partition("=")[::2] for w in setting.split())
 
 
-_SCHEDULE_WORDS = ("schedule", "gflops", "r", "keep_rate", "ratio", "at")
-
-
 def _speeds(ctx: Ctx, files: list[str]) -> dict[tuple[str, str], float]:
     """(model, setting) -> img/s from ``benchmarks/methods_speed.py`` files."""
     return {(row["model"], row["setting"]): row["img_per_s"]
@@ -436,7 +433,7 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
     (``benchmarks/methods_speed.py``) fill the img/s column instead, matched by model and
     setting. "vs budget" is the achieved GFLOPs against the budget."""
     import tome_lab
-    from tome_lab import stats
+    from tome_lab import results, stats
     from tome_lab.config import ModelConfig
     from tome_lab.models import create_model
 
@@ -454,7 +451,7 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
         model = ref["model"]
         for i, row in enumerate(rows):
             w = _words(row["setting"])
-            method = " ".join(f"{k}={v}" for k, v in w.items() if k not in _SCHEDULE_WORDS)
+            method = results.setting_method(row["setting"])
             shape = w.get("schedule", "constant")
             budget = row.get("budget", w.get("gflops", "-"))
             if "refused" in row:  # the method cannot run on this model: say why

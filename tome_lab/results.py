@@ -411,6 +411,16 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Words of a paired-sweep setting that choose the schedule, not the method.
+SCHEDULE_WORDS = ("schedule", "gflops", "r", "keep_rate", "ratio", "at")
+
+
+def setting_method(setting: str) -> str:
+    """A paired-sweep setting (``"matching=atc linkage=average schedule=stages gflops=0.08"``)
+    without its schedule words: the method it runs (``"matching=atc linkage=average"``)."""
+    return " ".join(w for w in setting.split() if w.partition("=")[0] not in SCHEDULE_WORDS)
+
+
 def record_row(record: Mapping[str, Any], point_dir: Path | None = None) -> dict[str, Any]:
     """One flat DataFrame row from a result record.
 
