@@ -69,6 +69,7 @@ INDUCTOR_CASES = [
     dict(matching="atc", linkage="single", schedule="stages", keep_rate=0.5),
     dict(matching="kmedoids", iters=1),
     dict(matching="dpc_knn", k=3, combine="keep"),
+    dict(matching="evit", fusion="sum", r=[10, 3]),  # 10 of 16: more than half, one fused
     dict(matching="kth_bipartite", distance="euclidean"),
     dict(matching="local_bipartite", window=1),
     dict(matching="mctf", bidirectional=False),

@@ -131,6 +131,7 @@ SETTINGS = [
     dict(matching="pitome", feature="x", distance="euclidean"),
     dict(matching="tofu", switch=1), dict(matching="tofu", partition="halves"),
     dict(combine="mlerp"), dict(matching="kmedoids", iters=1), dict(matching="dpc_knn", k=3),
+    dict(matching="evit", fusion="sum", r=[20, 5, 3]),  # 20 of 36: beyond half
 ]
 
 

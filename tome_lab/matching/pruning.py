@@ -7,6 +7,10 @@ come from the block's attention statistics (``MatchContext.attn``), computed fro
 and k with its mask: while nothing has merged (all sizes one, as under pruning alone) that
 equals softmax(q k^T / sqrt(d)); after merges it includes proportional attention's log size.
 ``"norm"`` keeps the tokens of largest L2 norm; ``"random"`` drops at random.
+
+``matching="evit"`` was an alias of this plug-in until issue 25: results recorded under that
+name are this pruning (``criterion="attention"``), not EViT, which is now its own plug-in with
+the fusion (:mod:`tome_lab.matching.evit`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ def _request(class_token: bool, criterion: str = "attention") -> frozenset[str]:
     return frozenset({"cls"}) if class_token else frozenset({"received"})
 
 
-@MATCHING.register("pruning", "prune", "evit")
+@MATCHING.register("pruning", "prune")
 @uses(reduction="prune", attention=frozenset({"cls", "received"}), stochastic=True)
 def pruning(ctx: MatchContext, r: int, criterion: str = "attention") -> tuple[MergeFn, MergeFn]:
     """Keeps all protected tokens and the top N - prefix - r others by ``criterion``."""
