@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 from conftest import tiny_vit
-from test_reference import _model, reference_forward
+from test_reference import _model, compare_rich
 
 import tome_lab
 from tome_lab.flops import analytic_gflops
@@ -64,14 +64,8 @@ def _atc_step(linkage):
 
 
 def _compare(key, r, linkage, prop_attn=True):
-    m, images = _model(key)
-    want = reference_forward(m, images, r, prop_attn, step=_atc_step(linkage), rich=True)
     opts = {} if linkage == "complete" else {"linkage": linkage}
-    patched = tome_lab.apply_tome(copy.deepcopy(m), r=r, prop_attn=prop_attn, matching="atc",
-                                  **opts)
-    with torch.no_grad():
-        got = patched(images)
-    return got, want, tome_lab.tome_state(patched)
+    return compare_rich(key, r, _atc_step(linkage), prop_attn, matching="atc", **opts)
 
 
 # deit_t (class token, 196 patches) at r = 8 and 16; avg_no_cls (no class token, 64 patches)

@@ -9,13 +9,12 @@ products of the two as centres, and every token at its nearest centre.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from conftest import tiny_vit
-from test_reference import _model, reference_forward
+from test_reference import compare_rich
 
 import tome_lab
 from tome_lab.flops import analytic_gflops
@@ -64,15 +63,9 @@ def _dpc_step(k=5, keep=False):
 
 
 def _compare(key, r, k=None, combine="wavg"):
-    m, images = _model(key)
-    want = reference_forward(m, images, r, True, rich=True,
-                             step=_dpc_step(5 if k is None else k, keep=combine == "keep"))
     opts = {} if k is None else {"k": k}
-    patched = tome_lab.apply_tome(copy.deepcopy(m), r=r, matching="dpc_knn", combine=combine,
-                                  **opts)
-    with torch.no_grad():
-        got = patched(images)
-    return got, want, tome_lab.tome_state(patched)
+    step = _dpc_step(5 if k is None else k, keep=combine == "keep")
+    return compare_rich(key, r, step, matching="dpc_knn", combine=combine, **opts)
 
 
 # deit_t (class token) at r = 8 and 16, avg_no_cls (no class token) at r = 8 and 20 (20 removes

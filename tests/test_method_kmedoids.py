@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 from conftest import tiny_vit
-from test_reference import _model, reference_forward
+from test_reference import _model, compare_rich
 
 import tome_lab
 from tome_lab.flops import analytic_gflops
@@ -66,16 +66,9 @@ def _kmedoids_step(iters=3, keep=False):
 
 
 def _compare(key, r, iters=None, combine="wavg"):
-    m, images = _model(key)
-    want = reference_forward(m, images, r, True, rich=True,
-                             step=_kmedoids_step(3 if iters is None else iters,
-                                                 keep=combine == "keep"))
     opts = {} if iters is None else {"iters": iters}
-    patched = tome_lab.apply_tome(copy.deepcopy(m), r=r, matching="kmedoids", combine=combine,
-                                  **opts)
-    with torch.no_grad():
-        got = patched(images)
-    return got, want, tome_lab.tome_state(patched)
+    step = _kmedoids_step(3 if iters is None else iters, keep=combine == "keep")
+    return compare_rich(key, r, step, matching="kmedoids", combine=combine, **opts)
 
 
 # deit_t (class token) at r = 8 and 16, avg_no_cls (no class token) at r = 8 and 20 (20 removes

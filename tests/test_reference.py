@@ -224,6 +224,18 @@ def _compare(key, r, prop_attn, **options):
     return got, want, tome_lab.tome_state(patched)
 
 
+def compare_rich(key, r, step, prop_attn=True, **options):
+    """A plug-in against its rich-step float64 reference on model ``key``: (patched output,
+    reference output, the patched model's state). ``step`` is the method's reference block
+    step (``reference_forward(..., rich=True)``); ``options`` go to ``apply_tome``."""
+    m, images = _model(key)
+    want = reference_forward(m, images, r, prop_attn, step=step, rich=True)
+    patched = tome_lab.apply_tome(copy.deepcopy(m), r=r, prop_attn=prop_attn, **options)
+    with torch.no_grad():
+        got = patched(images)
+    return got, want, tome_lab.tome_state(patched)
+
+
 def _cases(keys, settings, fast):
     """Every key with every setting: the ``fast`` settings in the fast tier, the others in the
     full one (the reference runs one token at a time in Python)."""
