@@ -68,6 +68,51 @@ def test_matching_invariants(matching, layout):
         torch.testing.assert_close(st.size.sum(1), torch.full((2, 1), float(st.tokens[-1])))
 
 
+def _unmerging(name):
+    caps = _caps(name)
+    return caps.unmerge and caps.reduction in ("merge", "prune")
+
+
+@pytest.mark.parametrize("matching", [n for n in MATCHING.names() if _unmerging(n)])
+def test_unmerge_gives_every_input_position_its_output_token(matching, monkeypatch):
+    """For every plug-in that declares ``unmerge``: in a real block (the block's own context),
+    ``unmerge(merge(x))`` gives each input position the output token holding it, read off the
+    merge's own source map (``merge_source``), and zeros where a pruning rule dropped it."""
+    from tome_lab.merge import merge_source
+
+    real = MATCHING.get(matching)
+    calls = []
+
+    def recording(ctx, r, **kw):
+        merge, unmerge = real(ctx, r, **kw)
+        calls.append((ctx, merge, unmerge))
+        return merge, unmerge
+
+    for attr in ("uses", "capabilities", "attention_request", "flops", "check_options"):
+        if hasattr(real, attr):
+            setattr(recording, attr, getattr(real, attr))
+    MATCHING._load()
+    monkeypatch.setitem(MATCHING._items, matching, recording)
+    m = tiny_vit()
+    tome_lab.apply_tome(m, r=[5, 3, 4], matching=matching)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        m(torch.randn(2, 3, 64, 64))
+    assert len(calls) == 3
+    for ctx, merge, unmerge in calls:
+        x = torch.randn_like(ctx.x)
+        y = merge(x, mode="mean")
+        member = merge_source(merge, x)  # [B, N', N]: 1 where input i sits in output j
+        got = unmerge(y)
+        assert got.shape == x.shape
+        want = member.transpose(1, 2) @ y  # each input position: its output token (or zero)
+        torch.testing.assert_close(got, want)
+        held = member.sum(1)  # how many output tokens hold each input position
+        assert ((held == 1) | (held == 0)).all()
+        if _caps(matching).reduction == "merge":
+            assert (held == 1).all()
+
+
 @pytest.mark.parametrize("matching", MATCHING.names())
 def test_matching_batch1_bf16_and_grad(matching):
     m = tiny_vit()
