@@ -405,11 +405,11 @@ def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path)
     rows = [{"setting": f"matching=bipartite {s}", "model": "m", "data": "d", "n_images": 10,
              "top1": 90.0, "low": 60.0, "high": 99.0, "gflops": 0.102, "budget": 0.1,
              "r": [4, 4, 2, 0]},
-            {"setting": f"matching=atc schedule=stages gflops=0.1", "model": "m", "data": "d",
+            {"setting": "matching=atc schedule=stages gflops=0.1", "model": "m", "data": "d",
              "n_images": 10, "top1": 80.0, "low": 50.0, "high": 95.0, "gflops": 0.095,
              "budget": 0.1, "r": [0, 6, 0, 0], "mcnemar_p": 0.5, "diff": 10.0,
              "diff_low": -10.0, "diff_high": 30.0}]
-    speed = [{"model": "m", "setting": f"matching=atc schedule=stages gflops=0.1",
+    speed = [{"model": "m", "setting": "matching=atc schedule=stages gflops=0.1",
               "img_per_s": 1234.4}]
     (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "x_speed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in speed))
@@ -420,3 +420,28 @@ def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path)
     assert "| list r=4,4,2,0 | 0.1020 | +2.0% | - |" in lines["`matching=bipartite` (reference)"]
     assert "| stages r=0,6,0,0 | 0.0950 | -5.0% | 1234 |" in lines["`matching=atc`"]
     assert "x_speed.jsonl" in table
+
+
+def test_methods_summary_counts_verdicts_per_task_and_way(tmp_path):
+    """Per file: better / worse / not distinguishable after Holm within the task and way's
+    files (p 0.001 and 0.02 over two tests: 0.002 and 0.02, both below 0.05), and the way read
+    from the file name."""
+    import json
+
+    def row(setting, p=None, diff=None, top1=90.0):
+        base = {"setting": setting, "model": "m", "data": "d", "n_images": 100, "top1": top1,
+                "low": 80.0, "high": 95.0, "gflops": 0.08, "budget": 0.08}
+        if p is not None:
+            base.update(mcnemar_p=p, diff=diff, diff_low=diff - 1, diff_high=diff + 1)
+        return base
+
+    own = [row("matching=bipartite"), row("matching=atc schedule=stages", 0.001, -3.0, 93.0),
+           row("matching=kmedoids schedule=stages", 0.02, 2.0, 88.0),
+           {"setting": "matching=x", "model": "m", "data": "d", "refused": "no grid"}]
+    (tmp_path / "t_b20_own.jsonl").write_text("".join(json.dumps(r) + "\n" for r in own))
+    (tmp_path / "docs").mkdir()
+    table = report.methods_summary(report.Ctx(tmp_path, tmp_path / "docs" / "x.md"),
+                                   "t_b20_own.jsonl")
+    line = next(ln for ln in table.splitlines() if ln.startswith("| m |"))
+    assert line == ("| m | (b) own schedule | 0.08 | 90.0 | `matching=atc` | 1 | 0 | 1 | "
+                    "`matching=atc` 93.0 |")

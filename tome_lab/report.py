@@ -425,6 +425,67 @@ def _speeds(ctx: Ctx, files: list[str]) -> dict[tuple[str, str], float]:
             for f in files for row in ctx.jsonl(f)}
 
 
+def _holm(per_file: list[list[dict]]) -> tuple[list[dict], dict[int, float]]:
+    """The paired tests of a methods table (every non-reference, non-refused row of every
+    file) and their Holm-adjusted p-values by ``id(row)``: one family per table."""
+    from tome_lab import stats
+
+    tests = [row for rows in per_file for row in rows[1:] if "refused" not in row]
+    return tests, dict(zip(map(id, tests), stats.holm([r["mcnemar_p"] for r in tests]),
+                           strict=True))
+
+
+def _verdict(row: dict, p_holm: float) -> str:
+    """A row against the reference at level 0.05 after Holm's adjustment."""
+    if p_holm >= 0.05:
+        return "not distinguishable here"
+    return "reference better" if row["diff"] > 0 else "this better"
+
+
+WAYS = {"_own": "(b) own schedule", "_searched": "(c) searched schedule",
+        "_tuned": "(a) tuned on val"}
+
+
+def _way(file: str) -> str:
+    stem = Path(file).stem
+    return next((w for suffix, w in WAYS.items() if stem.endswith(suffix)), "(a) constant r")
+
+
+@TABLES.register("methods-summary")
+def methods_summary(ctx: Ctx, *files: str) -> str:
+    """The headline of the methods comparison: per task, way and budget, how many methods are
+    better than, worse than or not distinguishable from bipartite after Holm's adjustment,
+    with the best top-1. Files of one task and way form one Holm family, as in their
+    ``methods-compare`` table (way from the file name: ``_own`` (b), ``_searched`` (c),
+    ``_tuned``, else (a))."""
+    from tome_lab import results
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for f in files:
+        rows = ctx.jsonl(f)
+        groups.setdefault((rows[0]["model"], _way(f)), []).append(f)
+    out = []
+    for (model, way), fs in groups.items():
+        per_file = [ctx.jsonl(f) for f in fs]
+        _, adjusted = _holm(per_file)
+        for rows in per_file:
+            ref = rows[0]
+            ok = [r for r in rows[1:] if "refused" not in r]
+            verdicts = collections.Counter(_verdict(r, adjusted[id(r)]) for r in ok)
+            best = max(rows, key=lambda r: r.get("top1", float("-inf")))
+            better = [results.setting_method(r["setting"]) for r in ok
+                      if _verdict(r, adjusted[id(r)]) == "this better"]
+            out.append([model, way, ref.get("budget", _words(ref["setting"]).get("gflops")),
+                        f"{ref['top1']:.1f}", ", ".join(f"`{b}`" for b in better) or "none",
+                        verdicts["reference better"], verdicts["not distinguishable here"],
+                        len(rows) - 1 - len(ok),
+                        f"`{results.setting_method(best['setting'])}` {best['top1']:.1f}"])
+    return (_md(["model", "way", "budget (GFLOPs)", "bipartite top-1",
+                 "better than bipartite", "worse", "not distinguishable", "refused",
+                 "highest top-1"], out)
+            + "\n\n(Holm over each task and way's table; level 0.05.) " + ctx.source(*files))
+
+
 @TABLES.register("methods-compare")
 def methods_compare(ctx: Ctx, *files: str) -> str:
     """``benchmarks/paired_sweep.py --json`` files, one per FLOP budget, each method against the
@@ -433,16 +494,14 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
     (``benchmarks/methods_speed.py``) fill the img/s column instead, matched by model and
     setting. "vs budget" is the achieved GFLOPs against the budget."""
     import tome_lab
-    from tome_lab import results, stats
+    from tome_lab import results
     from tome_lab.config import ModelConfig
     from tome_lab.models import create_model
 
     speed_files = [f for f in files if "speed" in Path(f).name]
     files = tuple(f for f in files if f not in speed_files)
     per_file = [ctx.jsonl(f) for f in files]
-    tests = [row for rows in per_file for row in rows[1:] if "refused" not in row]
-    adjusted = dict(zip(map(id, tests), stats.holm([r["mcnemar_p"] for r in tests]),
-                        strict=True))
+    tests, adjusted = _holm(per_file)
     specs: dict[str, Any] = {}
     speed = _speeds(ctx, speed_files)
     out, seeds = [], collections.defaultdict(list)
@@ -478,8 +537,7 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
                 cells += ["-", "-", "-", "-"]
             else:
                 p_holm = adjusted[id(row)]
-                verdict = ("not distinguishable here" if p_holm >= 0.05 else
-                           "reference better" if row["diff"] > 0 else "this better")
+                verdict = _verdict(row, p_holm)
                 cells += [f"{row['diff']:+.1f} [{row['diff_low']:+.1f}, {row['diff_high']:+.1f}]",
                           f"{row['mcnemar_p']:.2g}", f"{p_holm:.2g}", verdict]
             out.append(cells)
