@@ -76,14 +76,12 @@ class ToMeState:
         r: per-layer r from the schedule (before clamping).
         spec: the model's numbers (tokens, prefix, depth, FLOP terms).
         last: the :class:`ForwardState` of the last finished forward.
-        track_positions: whether forwards carry grid positions (the matcher reads them).
     """
 
     config: ToMeConfig
     r: list[int]
     spec: ViTSpec
     last: ForwardState | None = None
-    track_positions: bool = False
 
     def _last(self) -> ForwardState:
         return self.last if self.last is not None else ForwardState.empty(self.spec.depth)
@@ -336,7 +334,7 @@ def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
             metric = _metric(plan, x_in, q, k, v)
         stats = _attention_stats(q, k, mask, plan.stats) if plan.stats else None
         ctx = MatchContext(metric=metric, num_prefix=spec.num_prefix,
-                           distance=st.config.distance, size=size, x=x, q=q, k=k,
+                           distance=st.config.distance, size=size, x=x, q=q, k=k, v=v,
                            class_token=spec.class_token, partition=st.config.partition,
                            block=i, depth=spec.depth, position=position, attn=stats,
                            grid=spec.grid)
@@ -373,9 +371,8 @@ def _features(self: nn.Module, x: Tensor, tome: ForwardState) -> Tensor:
     x = self._pos_embed(x)
     x = self.patch_drop(x)
     x = self.norm_pre(x)
-    st: ToMeState = self._tome
-    if st.track_positions:
-        tome.positions[0] = _grid_positions(st.spec, x)
+    if self.blocks[0]._tome_plan.positions:  # every block's plan says the same
+        tome.positions[0] = _grid_positions(self._tome.spec, x)
     recompute = self.grad_checkpointing and torch.is_grad_enabled()
     for blk in self.blocks:
         if recompute:
@@ -383,7 +380,7 @@ def _features(self: nn.Module, x: Tensor, tome: ForwardState) -> Tensor:
         else:
             x = blk(x, tome=tome)
     x = self.norm(x)
-    st.last = tome  # for reading after the forward; no block reads it
+    self._tome.last = tome  # for reading after the forward; no block reads it
     return x
 
 
@@ -541,7 +538,7 @@ def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
     if caps.positions and spec.grid is None:
         raise ValueError(f"matching {cfg.matching!r} reads token grid positions, and this "
                          f"model's patch embedding has no 2-D grid")
-    state = ToMeState(config=cfg, r=rs, spec=spec, track_positions=caps.positions)
+    state = ToMeState(config=cfg, r=rs, spec=spec)
     m_opts = cfg.matching_options()
     check = getattr(match_fn, "check_options", None)
     if check is not None:  # bad plug-in options fail at patch time, not in the first forward
