@@ -129,6 +129,7 @@ class MatchContext:
         x: [B, N, C] the tokens about to be merged (after the attention residual).
         q: [B, H, N, d] the block's queries (after q-norm), for attention-based criteria.
         k: [B, H, N, d] the block's keys (after k-norm).
+        v: [B, H, N, d] the block's values (e.g. value norms in a significance score).
         class_token: whether token 0 is a class token.
         partition: the partition plug-in name, for bipartite-style matchers.
         block: this block's index (0-based).
@@ -147,6 +148,7 @@ class MatchContext:
     x: Tensor | None = None
     q: Tensor | None = None
     k: Tensor | None = None
+    v: Tensor | None = None
     class_token: bool = False
     partition: str = "alternate"
     block: int = 0
