@@ -409,6 +409,10 @@ def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path)
              "n_images": 10, "top1": 80.0, "low": 50.0, "high": 95.0, "gflops": 0.095,
              "budget": 0.1, "r": [0, 6, 0, 0], "mcnemar_p": 0.5, "diff": 10.0,
              "diff_low": -10.0, "diff_high": 30.0}]
+    rows.append({"setting": "matching=kmedoids schedule=stages gflops=0.1", "model": "m",
+                 "data": "d", "n_images": 10, "top1": 99.0, "low": 70.0, "high": 99.9,
+                 "gflops": 0.1125, "budget": 0.1, "r": [0, 3, 0, 0], "mcnemar_p": 0.001,
+                 "diff": -9.0, "diff_low": -15.0, "diff_high": -3.0})
     speed = [{"model": "m", "setting": "matching=atc schedule=stages gflops=0.1",
               "img_per_s": 1234.4}]
     (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -420,6 +424,10 @@ def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path)
     assert "| list r=4,4,2,0 | 0.1020 | +2.0% | - |" in lines["`matching=bipartite` (reference)"]
     assert "| stages r=0,6,0,0 | 0.0950 | -5.0% | 1234 |" in lines["`matching=atc`"]
     assert "x_speed.jsonl" in table
+    # 12.5% over its budget: shown, left out of the Holm family, never a verdict
+    assert lines["`matching=kmedoids`"].endswith(
+        "| 0.001 | - | unreachable: +12.5% over the budget |")
+    assert "Holm over the 1 comparisons" in table
 
 
 def test_methods_summary_counts_verdicts_per_task_and_way(tmp_path):

@@ -425,12 +425,36 @@ def _speeds(ctx: Ctx, files: list[str]) -> dict[tuple[str, str], float]:
             for f in files for row in ctx.jsonl(f)}
 
 
+OVER_BUDGET = 0.05  # a row more than 5% above its budget cannot compete at that budget
+
+
+def _budget(row: dict) -> float | None:
+    """The GFLOPs budget a methods-table row was run for (its ``budget``, else the setting's
+    ``gflops=``), or None."""
+    b = row.get("budget", _words(row["setting"]).get("gflops"))
+    return None if b is None else float(b)
+
+
+def _unreachable(row: dict) -> str | None:
+    """Why a row is out of its table's comparison: ``refused`` (the model cannot run the
+    method) or ``unreachable`` (its achieved GFLOPs exceed the budget by more than
+    :data:`OVER_BUDGET`: integer r, a method's own cost or its bound on r cannot get closer);
+    None for a row that competes."""
+    if "refused" in row:
+        return "refused: " + row["refused"].split(";")[0]
+    b = _budget(row)
+    if b is not None and row["gflops"] > b * (1 + OVER_BUDGET):
+        return f"unreachable: {100 * (row['gflops'] / b - 1):+.1f}% over the budget"
+    return None
+
+
 def _holm(per_file: list[list[dict]]) -> tuple[list[dict], dict[int, float]]:
-    """The paired tests of a methods table (every non-reference, non-refused row of every
-    file) and their Holm-adjusted p-values by ``id(row)``: one family per table."""
+    """The paired tests of a methods table (every non-reference row of every file that is
+    neither refused nor over budget) and their Holm-adjusted p-values by ``id(row)``: one
+    family per table."""
     from tome_lab import stats
 
-    tests = [row for rows in per_file for row in rows[1:] if "refused" not in row]
+    tests = [row for rows in per_file for row in rows[1:] if _unreachable(row) is None]
     return tests, dict(zip(map(id, tests), stats.holm([r["mcnemar_p"] for r in tests]),
                            strict=True))
 
@@ -470,7 +494,7 @@ def methods_summary(ctx: Ctx, *files: str) -> str:
         _, adjusted = _holm(per_file)
         for rows in per_file:
             ref = rows[0]
-            ok = [r for r in rows[1:] if "refused" not in r]
+            ok = [r for r in rows[1:] if _unreachable(r) is None]
             verdicts = collections.Counter(_verdict(r, adjusted[id(r)]) for r in ok)
             best = max(rows, key=lambda r: r.get("top1", float("-inf")))
             better = [results.setting_method(r["setting"]) for r in ok
@@ -481,9 +505,11 @@ def methods_summary(ctx: Ctx, *files: str) -> str:
                         len(rows) - 1 - len(ok),
                         f"`{results.setting_method(best['setting'])}` {best['top1']:.1f}"])
     return (_md(["model", "way", "budget (GFLOPs)", "bipartite top-1",
-                 "better than bipartite", "worse", "not distinguishable", "refused",
+                 "better than bipartite", "worse", "not distinguishable",
+                 "refused or unreachable",
                  "highest top-1"], out)
-            + "\n\n(Holm over each task and way's table; level 0.05.) " + ctx.source(*files))
+            + "\n\n(Holm over each task and way's table; level 0.05; unreachable: more than "
+            f"{100 * OVER_BUDGET:.0f}% over the budget.) " + ctx.source(*files))
 
 
 @TABLES.register("methods-compare")
@@ -535,6 +561,9 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
                      f"{row['top1']:.1f} [{row['low']:.1f}, {row['high']:.1f}]"]
             if i == 0:
                 cells += ["-", "-", "-", "-"]
+            elif _unreachable(row):
+                cells += [f"{row['diff']:+.1f} [{row['diff_low']:+.1f}, {row['diff_high']:+.1f}]",
+                          f"{row['mcnemar_p']:.2g}", "-", _unreachable(row)]
             else:
                 p_holm = adjusted[id(row)]
                 verdict = _verdict(row, p_holm)
@@ -552,7 +581,8 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
                  "top-1 [95% CI]", "reference - this [95% paired CI]", "McNemar p", "Holm p",
                  "verdict"], out)
             + f"\n\n({n} test images; {ref['model']} on {ref['data']}; Holm over the "
-            f"{len(tests)} comparisons of this table"
+            f"{len(tests)} comparisons of this table (rows refused or more than "
+            f"{100 * OVER_BUDGET:.0f}% over their budget left out)"
             + (f"; stochastic methods' spread: {spread}" if spread else "") + ") "
             + ctx.source(*files, *speed_files))
 
