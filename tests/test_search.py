@@ -704,3 +704,18 @@ def test_under_a_budget_the_baselines_are_the_dearest_feasible_of_each_kind(tmp_
                               f"decreasing r={want['decreasing']}"]
     unbudgeted = create_study(EXP, _scfg(tmp_path / "all", trials=2))
     assert len(unbudgeted.get_trials(states=(TrialState.WAITING,))) > 10
+
+
+def test_a_study_recorded_before_a_config_field_existed_resumes_at_its_default(tmp_path):
+    """A field added to the configuration later, at its default, does not orphan a study;
+    the same field set to another value, or a changed field, is still refused."""
+    scfg = _scfg(tmp_path, trials=2, baselines=False)
+    study = create_study(EXP, scfg)
+    ident = dict(study.user_attrs["identity"])
+    ident["tome"] = {k: v for k, v in ident["tome"].items() if k != "combine"}  # "older"
+    study.set_user_attr("identity", ident)
+    create_study(EXP, scfg)  # combine="wavg" is the default: same computation, resumes
+    with pytest.raises(ValueError, match="new --search.name"):
+        create_study(replace(EXP, tome=replace(EXP.tome, combine="mean")), scfg)
+    with pytest.raises(ValueError, match="new --search.name"):
+        create_study(replace(EXP, tome=replace(EXP.tome, prop_attn=False)), scfg)

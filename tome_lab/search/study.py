@@ -162,7 +162,7 @@ def create_study(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec | None
                           | base_knobs)
                 study.enqueue_trial(params, user_attrs={"baseline": label},
                                     skip_if_exists=True)
-    elif old != ident:
+    elif old != (ident := _as_recorded(old, ident)):
         changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
         diff = "; ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" for k in changed)
         raise ValueError(
@@ -170,6 +170,23 @@ def create_study(exp: ExperimentConfig, scfg: SearchConfig, spec: ViTSpec | None
             f"({diff}); its trials would not be comparable. Resume it with the same settings "
             f"or give a new --search.name")
     return study
+
+
+def _as_recorded(old: Mapping[str, Any], ident: dict[str, Any]) -> dict[str, Any]:
+    """``ident`` without the configuration fields that a later tome_lab added and that hold
+    their default value: a study recorded before a field existed ran with what the field's
+    default now selects (new fields must default to the old behaviour), so it may resume.
+    A new field set to anything else, or any other difference, still refuses the resume."""
+    from tome_lab.config import EvalConfig, ToMeConfig
+
+    defaults = {"tome": _plain(to_dict(ToMeConfig())), "eval": _plain(to_dict(EvalConfig()))}
+    out = dict(ident)
+    for section, default in defaults.items():
+        was, now = old.get(section), ident.get(section)
+        if isinstance(was, Mapping) and isinstance(now, Mapping):
+            out[section] = {k: v for k, v in now.items()
+                            if k in was or k not in default or v != default[k]}
+    return out
 
 
 # Loader settings that never change a trial's result.
