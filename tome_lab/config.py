@@ -45,6 +45,12 @@ class ToMeConfig:
         head_agg: how per-head features become one: ``mean`` or ``concat``.
         combine: combine-rule plug-in (``wavg``, ``mean``, ``keep``, ``max``).
         partition: how bipartite matching splits A / B (``alternate``, ``halves``, ``random``).
+        attn_impl: how proportional attention is computed (``tome_lab.registry.ATTN_IMPL``):
+            ``mask`` (a float mask for SDPA), ``bias_channel`` (log s as one more q / k
+            channel, no mask), ``flex`` (FlexAttention), or ``auto`` (by device and dtype, see
+            ``tome_lab.attention.impl.auto``). Plain attention has nothing to compute, so a
+            choice other than ``auto`` needs ``prop_attn``. Left out of :func:`config_hash`
+            while ``auto`` (added after results were recorded under their hashes).
         options: plug-in keyword options (e.g. ``gflops`` for ``schedule="flops"``), each
             routed to the matching or schedule plug-in whose parameter it names.
     """
@@ -59,11 +65,12 @@ class ToMeConfig:
     head_agg: str = "mean"
     combine: str = "wavg"
     partition: str = "alternate"
+    attn_impl: str = field(default="auto", metadata={"hash": "omit_default"})
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # names are checked by the registries, which import their plug-ins on the first lookup
-        from tome_lab.registry import COMBINE, FEATURES, MATCHING, PARTITIONS, SCHEDULES
+        from tome_lab.registry import ATTN_IMPL, COMBINE, FEATURES, MATCHING, PARTITIONS, SCHEDULES
 
         r = self.r
         if isinstance(r, (list, tuple)):
@@ -94,8 +101,12 @@ class ToMeConfig:
         if self.head_agg not in HEAD_AGG:
             raise ValueError(f"unknown head_agg {self.head_agg!r}; valid: {', '.join(HEAD_AGG)}")
         for name, reg in (("feature", FEATURES), ("combine", COMBINE),
-                          ("partition", PARTITIONS)):
+                          ("partition", PARTITIONS), ("attn_impl", ATTN_IMPL)):
             object.__setattr__(self, name, reg.canonical(getattr(self, name)))
+        if self.attn_impl != "auto" and not self.prop_attn:
+            raise ValueError(
+                f"attn_impl={self.attn_impl!r} cannot go with prop_attn=False: plain attention "
+                f"adds no bias and always runs SDPA without a mask (leave attn_impl at 'auto')")
         from tome_lab.matching import capabilities
 
         caps = capabilities(MATCHING.get(self.matching))
@@ -591,7 +602,18 @@ def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         raise ValueError(f"{owner}: {err}") from None
 
 
+def _hash_data(cfg: Any) -> Any:
+    """:func:`to_dict` without the fields marked ``metadata={"hash": "omit_default"}`` while
+    they hold their default: a field added later leaves earlier configurations' hashes (and
+    the result folders named by them) as they were."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: _hash_data(getattr(cfg, f.name)) for f in fields(cfg)
+                if not (f.metadata.get("hash") == "omit_default"
+                        and getattr(cfg, f.name) == f.default)}
+    return to_dict(cfg)
+
+
 def config_hash(cfg: Any) -> str:
     """A short, stable hash of a resolved configuration (12 hex digits)."""
-    text = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+    text = json.dumps(_hash_data(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -55,6 +55,9 @@ class ViTSpec:
         grid: (rows, columns) of the patch grid, or None.
         own_flops: the matcher's own count, ``fn(spec, n, r, **options) -> int`` (a
             module-level function the plug-in declares as ``flops``), or None.
+        attn_width: per-head width of the q k^T and attn v products in the blocks after the
+            first merge, where proportional attention has sizes to add (the bias channel's
+            padded width, ``attn_impl="bias_channel"``); 0 means head_dim.
     """
 
     depth: int
@@ -76,6 +79,7 @@ class ViTSpec:
     stats: tuple[str, ...] = ()
     grid: tuple[int, int] | None = None
     own_flops: Callable[..., int] | None = None
+    attn_width: int = 0
 
 
 def block_r(spec: ViTSpec, r: int, n: int) -> int:
@@ -127,15 +131,19 @@ def analytic_gflops(spec: ViTSpec, r: Sequence[int], matching_cost: bool = True)
     """GFLOPs (MACs) of one image under the per-layer schedule ``r``, as fvcore counts them.
 
     A block entering with N tokens and merging r of them costs N * attn_token_flops, plus
-    2 * N^2 * attn_dim for attention (q k^T and attn v), plus :func:`matching_flops` when it
-    merges, plus (N - r) * mlp_token_flops after the merge.
+    2 * N^2 * attn_dim for attention (q k^T and attn v; heads * attn_width wide once an earlier
+    block has merged, when ``attn_width`` is set), plus :func:`matching_flops` when it merges,
+    plus (N - r) * mlp_token_flops after the merge.
     """
     n, total = spec.num_tokens, float(spec.fixed_flops)
+    heads, merged = spec.attn_dim // spec.head_dim, False
     for ri in r:
-        total += n * spec.attn_token_flops + 2 * n * n * spec.attn_dim
+        width = spec.attn_width if merged and spec.attn_width else spec.head_dim
+        total += n * spec.attn_token_flops + 2 * n * n * heads * width
         rr = block_r(spec, ri, n)
         if rr > 0 and matching_cost:
             total += matching_flops(spec, n, rr)
+        merged = merged or rr > 0
         n -= rr
         total += n * spec.mlp_token_flops
     return (total + n * spec.final_token_flops) / 1e9
@@ -181,7 +189,15 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
             fca.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
             fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             logging.getLogger("fvcore").setLevel(logging.ERROR)
-            total = fca.total()
+            try:
+                total = fca.total()
+            except RuntimeError as err:
+                if "Unsupported value kind" not in str(err):
+                    raise
+                raise RuntimeError(
+                    f"fvcore's torch.jit trace cannot follow this model ({err}); FlexAttention "
+                    f"(attn_impl='flex') is one such op: count the model patched with "
+                    f"attn_impl='mask', whose products are the same") from None
     finally:
         model.train(was_training)
     return total / 1e9

@@ -1,10 +1,12 @@
 """The only module that knows timm's internals: applies Token Merging to a timm ViT.
 
 It keeps every submodule timm built (norms, qkv, q/k norms, LayerScale, drop-path, MLP,
-projection) and rewrites only each block's residual path and its attention core, so the fused
-``F.scaled_dot_product_attention`` kernel stays; proportional attention enters as its float
-mask. Blocks or attention modules holding anything this module does not know raise
-``TypeError`` at patch time instead of computing something else.
+projection) and rewrites only each block's residual path and its attention core: plain
+attention stays on timm's fused ``F.scaled_dot_product_attention`` call, and proportional
+attention's log size goes through the configured core (``ToMeConfig.attn_impl``: float mask,
+bias channel or FlexAttention, ``tome_lab.attention.impl``). Blocks or attention modules
+holding anything this module does not know raise ``TypeError`` at patch time instead of
+computing something else.
 
 Layout checked against timm 1.0.x ``VisionTransformer`` (class / distillation / register
 tokens, average pooling, LayerScale, qk-norm, scale-norm, gated attention).
@@ -18,7 +20,6 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -26,7 +27,7 @@ from tome_lab.config import ToMeConfig
 from tome_lab.flops import ViTSpec
 from tome_lab.matching import AttentionStats, MatchContext, capabilities
 from tome_lab.merge import clamp_r, max_r, merge_source, merge_wavg
-from tome_lab.registry import ATTENTION, COMBINE, FEATURES, MATCHING, SCHEDULES
+from tome_lab.registry import ATTENTION, ATTN_IMPL, COMBINE, FEATURES, MATCHING, SCHEDULES
 
 _BLOCK_CHILDREN = {"norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"}
 _ATTN_CHILDREN = {"qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"}
@@ -130,6 +131,7 @@ class _BlockPlan:
     mask: Callable[[Tensor | None], Tensor | None]
     feature: Callable[..., Tensor] | None  # None: the matcher needs no similarity metric
     combine: Callable[..., tuple[Tensor, Tensor]]
+    core: Callable[..., Tensor]  # the attention core (``attn_impl``)
     head_mean: bool  # head_agg == "mean"
     trace_source: bool
     stats: frozenset[str] = frozenset()  # attention statistics the matcher asked for
@@ -252,23 +254,21 @@ def _grid(patch_embed: nn.Module) -> tuple[int, int] | None:
     return (rows, cols) if rows * cols == patch_embed.num_patches else None
 
 
-def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None
+def _attention(attn: nn.Module, x: Tensor, mask: Tensor | None, core: Callable[..., Tensor]
                ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """timm Attention with an additive mask; returns ([B, N, C], per-head (q, k, v))."""
+    """timm Attention with a per-key additive bias ``mask`` ([B, 1, 1, N] or None) computed by
+    the attention ``core``; returns ([B, N, C], per-head (q, k, v))."""
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, N, hd)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    if mask is not None and mask.dtype != q.dtype:
-        mask = mask.to(q.dtype)
     if attn.fused_attn:
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        x = core(q, k, v, mask, attn.scale, attn.attn_drop.p if attn.training else 0.0)
     else:
         logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
         if mask is not None:
-            logits = logits + mask
+            logits = logits + mask.to(q.dtype)
         x = attn.attn_drop(logits.softmax(dim=-1)) @ v
     x = x.transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim)
     x = attn.norm(x)
@@ -323,7 +323,7 @@ def _block_forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None,
     st, i = plan.state, plan.index
     spec = st.spec
     size, mask = tome.sizes[i], tome.masks[i]
-    y, (q, k, v) = _attention(self.attn, self.norm1(x), mask)
+    y, (q, k, v) = _attention(self.attn, self.norm1(x), mask, plan.core)
     x_in, x = x, x + self.drop_path1(self.ls1(y))
     del y
     r = clamp_r(plan.r, x.shape[1], spec.num_prefix, spec.bound)
@@ -467,16 +467,16 @@ def apply_tome(model: nn.Module, r: int | list[int] = 16, matching: str = "bipar
             ``decreasing``, ``increasing``, ``flops``).
         prop_attn: proportional attention (True) or plain attention.
         trace_source: record which input patches each output token holds.
-        **options: ``distance``, ``feature``, ``head_agg``, ``combine``, ``partition``
-            (see :class:`~tome_lab.config.ToMeConfig`) and the chosen plug-ins' own options
-            (e.g. ``gflops`` for ``schedule="flops"``, ``criterion`` for ``pruning``).
+        **options: ``distance``, ``feature``, ``head_agg``, ``combine``, ``partition``,
+            ``attn_impl`` (see :class:`~tome_lab.config.ToMeConfig`) and the chosen plug-ins'
+            own options (e.g. ``gflops`` for ``schedule="flops"``, ``criterion`` for ``pruning``).
 
     Raises:
         ValueError: unknown names or bad values.
         TypeError: a model whose blocks hold something this patch does not understand.
     """
     knobs = {k: options.pop(k) for k in ("distance", "feature", "head_agg", "combine",
-                                         "partition") if k in options}
+                                         "partition", "attn_impl") if k in options}
     cfg = ToMeConfig(r=tuple(r) if isinstance(r, list) else r, matching=matching,
                      schedule=schedule, prop_attn=prop_attn, trace_source=trace_source,
                      options=options, **knobs)
@@ -503,7 +503,10 @@ def config_spec(spec: ViTSpec, cfg: ToMeConfig) -> ViTSpec:
         width = spec.embed_dim if cfg.feature == "x" else spec.head_dim
     match_fn = MATCHING.get(cfg.matching)
     opts = cfg.matching_options()
+    qk_width = getattr(ATTN_IMPL.get(cfg.attn_impl), "qk_width", None)  # a padding core's
+    attn_width = qk_width(spec.head_dim) if qk_width is not None and cfg.prop_attn else 0
     return replace(spec, matching=cfg.matching, metric_dim=width, partition=cfg.partition,
+                   attn_width=attn_width,
                    matching_options=tuple(sorted(opts.items())),
                    bound=capabilities(match_fn).bound,
                    stats=tuple(sorted(attention_request(match_fn, spec.class_token, opts))),
@@ -546,12 +549,13 @@ def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
     mask = ATTENTION.get(cfg.attention)
     feature = FEATURES.get(cfg.feature) if "metric" in caps.uses else None
     combine = COMBINE.get(cfg.combine)
+    core = ATTN_IMPL.get(cfg.attn_impl)
     tome_block = _tome_block_class()
     model._tome = state
     for i, blk in enumerate(model.blocks):
         blk._tome_plan = _BlockPlan(
             index=i, r=rs[i], state=state, match=match_fn, match_options=m_opts, mask=mask,
-            feature=feature, combine=combine, head_mean=cfg.head_agg == "mean",
+            feature=feature, combine=combine, core=core, head_mean=cfg.head_agg == "mean",
             trace_source=cfg.trace_source, stats=frozenset(spec.stats),
             positions=caps.positions, creates=caps.reduction == "create")
         blk.__class__ = tome_block

@@ -115,6 +115,8 @@ def import_submodules(package: str) -> None:
 MATCHING: Registry = Registry("matching", ["tome_lab.matching"])
 SCHEDULES: Registry = Registry("schedule", ["tome_lab.schedules"])
 ATTENTION: Registry = Registry("attention", ["tome_lab.attention"])
+# how proportional attention is computed (the attention core), orthogonal to ATTENTION's what
+ATTN_IMPL: Registry = Registry("attn_impl", ["tome_lab.attention.impl"])
 FEATURES: Registry = Registry("feature", ["tome_lab.features"])
 COMBINE: Registry = Registry("combine", ["tome_lab.combine"])
 PARTITIONS: Registry = Registry("partition", ["tome_lab.partition"])
