@@ -16,9 +16,11 @@
 #      r, which is way (a). Also bipartite under both schedules, to tell method from schedule.
 #      Writes methods_NAME_b15_own.jsonl and _b20_own.jsonl.
 #   c: one schedule for every method: the best val schedule that python -m tome_lab.search
-#      found for bipartite under the budget (runs/methods_c_search.sh writes the studies to
-#      runs/methods_c; this reads their -pareto.yaml), applied unchanged to every method of
-#      way (a). Writes methods_NAME_b15_searched.jsonl and _b20_searched.jsonl.
+#      found for bipartite under the budget (benchmarks/methods_search.sh writes the studies to
+#      runs/methods_c; this reads their -pareto.yaml, and of equally good val schedules takes
+#      the dearest, nearest the budget), applied unchanged to every method of way (a) but
+#      truncate and the second and third seeds. Writes methods_NAME_b15_searched.jsonl and
+#      _b20_searched.jsonl.
 # Run from the repository root; THREADS (default 2) sets torch's threads.
 set -euo pipefail
 NAME=$1 MODEL=$2 DATA=$3 WAY=${4:-a}
@@ -54,13 +56,17 @@ for pair in b15:1.5 b20:2; do
          "matching=dpc_knn schedule=stages gflops=$g"
          "matching=bipartite schedule=keep_ratio gflops=$g"
          "matching=bipartite schedule=stages gflops=$g") ;;
-    c) file=$OUT/methods_${NAME}_${name}_searched.jsonl
+    c) file=$OUT/methods_${NAME}_${name}_searched.jsonl  # one seed of each stochastic method
+       # and no truncate, to fit the shared machine: (a) has their spread and floor
        R=$($PY -c "
-import json, yaml
-cfg = yaml.safe_load(open('runs/methods_c/methods_c_${NAME}_$name-pareto.yaml'))
-print(json.dumps(list(cfg['tome']['r'])).replace(' ', ''))")
+import json
+# the '# gflops top1_val top1_test r' lines: of the best val schedules, the dearest
+best = max((float(ln.split()[1]), ln.split(None, 4)[4]) for ln in
+           open('runs/methods_c/methods_c_${NAME}_$name-pareto.yaml') if ln.startswith('# 0'))
+print(json.dumps(json.loads(best[1])).replace(' ', ''))")
        S="schedule=list r=$R"
-       SETTINGS=(); for m in "${METHODS[@]}"; do SETTINGS+=("$m $S"); done ;;
+       SETTINGS=(); for m in "${METHODS[@]}"; do
+         case $m in *seed=[12]|*truncate) continue ;; esac; SETTINGS+=("$m $S"); done ;;
     *) echo "WAY must be a, b or c, got '$WAY'" >&2; exit 2 ;;
   esac
   $PY benchmarks/paired_sweep.py --threads "$TH" --model "$MODEL" --data "$DATA" \

@@ -27,16 +27,15 @@ from tome_lab.models import create_model
 
 
 def grids(depth: int) -> dict[str, tuple[str, list]]:
-    """method -> (option, values), the published default first."""
+    """method -> (option, values), the published default first: the hyper-parameters the
+    issue names (PiToMe's margin, ToFu's switch block, the window, ATC's linkage)."""
     tofu = [depth // 2 + 1] + [v for v in (1, depth // 3, (5 * depth) // 6)
                                if v != depth // 2 + 1]
     return {
-        "pitome": ("margin", [0.9, 0.7, 0.5, 0.3]),
+        "pitome": ("margin", [0.9, 0.7, 0.5]),
         "tofu": ("switch", tofu),
-        "local_bipartite": ("window", [2, 1, 3, 4]),
+        "local_bipartite": ("window", [2, 1, 3]),
         "atc": ("linkage", ["complete", "average", "single"]),
-        "kmedoids": ("iters", [3, 1, 5]),
-        "dpc_knn": ("k", [5, 3, 10]),
     }
 
 
