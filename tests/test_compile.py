@@ -78,6 +78,8 @@ INDUCTOR_CASES = [
     dict(matching="random"),
     dict(matching="random_bipartite", schedule="constant_flops", gflops=0.0025),
     dict(matching="pitome", combine="mlerp", schedule="keep_ratio", ratio=0.8),
+    dict(matching="ppt", threshold=1e-3),  # both branches computed, each image takes one
+    dict(matching="zero_tprune", iters=2, r=[10, 3]),  # I', S and I stages; beyond half
     dict(matching="tofu", switch=1),  # both phases: keep in block 0, MLERP in block 1
     dict(matching="truncate", prop_attn=False),
 ]

@@ -132,6 +132,9 @@ SETTINGS = [
     dict(matching="tofu", switch=1), dict(matching="tofu", partition="halves"),
     dict(combine="mlerp"), dict(matching="kmedoids", iters=1), dict(matching="dpc_knn", k=3),
     dict(matching="evit", fusion="sum", r=[20, 5, 3]),  # 20 of 36: beyond half
+    dict(matching="zero_tprune", iters=3, s_share=0.8, r=[20, 5, 3]),  # beyond A's half
+    dict(matching="zero_tprune", s_share=0.0, feature="x"),  # the I-stage alone
+    dict(matching="ppt", threshold=0.0, feature="x", head_agg="concat"),  # prunes everywhere
 ]
 
 
