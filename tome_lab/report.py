@@ -475,6 +475,16 @@ def _way(file: str) -> str:
     return next((w for suffix, w in WAYS.items() if stem.endswith(suffix)), "(a) constant r")
 
 
+def _label(row: dict) -> str:
+    """A methods-table row's method, with its schedule where it is not the way's shared one
+    (constant r or the searched list): ``matching=pitome`` (keep_ratio)."""
+    from tome_lab import results
+
+    shape = _words(row["setting"]).get("schedule", "constant")
+    tail = "" if shape in ("constant", "constant_flops", "list") else f" ({shape})"
+    return f"`{results.setting_method(row['setting'])}`{tail}"
+
+
 @TABLES.register("methods-summary")
 def methods_summary(ctx: Ctx, *files: str) -> str:
     """The headline of the methods comparison: per task, way and budget, how many methods are
@@ -482,7 +492,6 @@ def methods_summary(ctx: Ctx, *files: str) -> str:
     with the best top-1. Files of one task and way form one Holm family, as in their
     ``methods-compare`` table (way from the file name: ``_own`` (b), ``_searched`` (c),
     ``_tuned``, else (a))."""
-    from tome_lab import results
 
     groups: dict[tuple[str, str], list[str]] = {}
     for f in files:
@@ -497,13 +506,12 @@ def methods_summary(ctx: Ctx, *files: str) -> str:
             ok = [r for r in rows[1:] if _unreachable(r) is None]
             verdicts = collections.Counter(_verdict(r, adjusted[id(r)]) for r in ok)
             best = max(rows, key=lambda r: r.get("top1", float("-inf")))
-            better = [results.setting_method(r["setting"]) for r in ok
-                      if _verdict(r, adjusted[id(r)]) == "this better"]
+            better = [_label(r) for r in ok if _verdict(r, adjusted[id(r)]) == "this better"]
             out.append([model, way, ref.get("budget", _words(ref["setting"]).get("gflops")),
-                        f"{ref['top1']:.1f}", ", ".join(f"`{b}`" for b in better) or "none",
+                        f"{ref['top1']:.1f}", ", ".join(better) or "none",
                         verdicts["reference better"], verdicts["not distinguishable here"],
                         len(rows) - 1 - len(ok),
-                        f"`{results.setting_method(best['setting'])}` {best['top1']:.1f}"])
+                        f"{_label(best)} {best['top1']:.1f}"])
     return (_md(["model", "way", "budget (GFLOPs)", "bipartite top-1",
                  "better than bipartite", "worse", "not distinguishable",
                  "refused or unreachable",
