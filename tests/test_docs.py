@@ -424,6 +424,11 @@ def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path)
     assert "| list r=4,4,2,0 | 0.1020 | +2.0% | - |" in lines["`matching=bipartite` (reference)"]
     assert "| stages r=0,6,0,0 | 0.0950 | -5.0% | 1234 |" in lines["`matching=atc`"]
     assert "x_speed.jsonl" in table
+    rows[1].update(tuned_option="linkage", tuned_values=["complete", "single"],
+                   val_top1=[81.25, None])
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = report.methods_compare(ctx, "x.jsonl")
+    assert "| `matching=atc` (val: complete 81.2, single refused) |" in table
     # 12.5% over its budget: shown, left out of the Holm family, never a verdict
     assert lines["`matching=kmedoids`"].endswith(
         "| 0.001 | - | unreachable: +12.5% over the budget |")

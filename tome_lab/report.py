@@ -562,7 +562,10 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
             gap = (f"{100 * (row['gflops'] / float(budget) - 1):+.1f}%"
                    if budget != "-" else "-")
             ips = speed.get((model, row["setting"]))
-            cells = [budget, f"`{method}`" + (" (reference)" if i == 0 else ""),
+            tried = ("" if "tuned_values" not in row else " (val: " + ", ".join(
+                f"{v} {t:.1f}" if t is not None else f"{v} refused"
+                for v, t in zip(row["tuned_values"], row["val_top1"], strict=True)) + ")")
+            cells = [budget, f"`{method}`" + (" (reference)" if i == 0 else "") + tried,
                      shape + (f" r={r[0]}" if len(set(r)) == 1 else
                               " r=" + ",".join(map(str, r))),
                      f"{row['gflops']:.4f}", gap, f"{ips:.0f}" if ips else "-",
