@@ -456,5 +456,5 @@ def test_methods_summary_counts_verdicts_per_task_and_way(tmp_path):
     table = report.methods_summary(report.Ctx(tmp_path, tmp_path / "docs" / "x.md"),
                                    "t_b20_own.jsonl")
     line = next(ln for ln in table.splitlines() if ln.startswith("| m |"))
-    assert line == ("| m | (b) own schedule | 0.08 | 90.0 | `matching=atc` (stages) | 1 | 0 | 1 | "
+    assert line == ("| m | (b) own schedule | 0.0800 | 90.0 | `matching=atc` (stages) | 1 | 0 | 1 | "
                     "`matching=atc` (stages) 93.0 |")

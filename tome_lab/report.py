@@ -507,7 +507,7 @@ def methods_summary(ctx: Ctx, *files: str) -> str:
             verdicts = collections.Counter(_verdict(r, adjusted[id(r)]) for r in ok)
             best = max(rows, key=lambda r: r.get("top1", float("-inf")))
             better = [_label(r) for r in ok if _verdict(r, adjusted[id(r)]) == "this better"]
-            out.append([model, way, ref.get("budget", _words(ref["setting"]).get("gflops")),
+            out.append([model, way, f"{_budget(ref):.4f}" if _budget(ref) else "-",
                         f"{ref['top1']:.1f}", ", ".join(better) or "none",
                         verdicts["reference better"], verdicts["not distinguishable here"],
                         len(rows) - 1 - len(ok),
@@ -546,7 +546,7 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
             w = _words(row["setting"])
             method = results.setting_method(row["setting"])
             shape = w.get("schedule", "constant")
-            budget = row.get("budget", w.get("gflops", "-"))
+            budget = f"{_budget(row):.4f}" if _budget(row) else "-"
             if "refused" in row:  # the method cannot run on this model: say why
                 out.append([budget, f"`{method}`", shape, "-", "-", "-", "-", "-", "-", "-",
                             "-", "refused: " + row["refused"].split(";")[0]])
