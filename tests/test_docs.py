@@ -364,28 +364,41 @@ def test_docs_site_builds_strictly(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def test_methods_compare_adjusts_over_the_whole_table_and_shows_refusals(tmp_path):
-    """Two budgets' files make one Holm family: p = 0.01 and 0.04 and 0.5 become 0.03, 0.08 and
-    0.5 (three tests), so only the first is a verdict; a refused method gets its reason."""
+def _methods_row(setting, p=None, diff=None, **extra):
+    """One paired-sweep row for the methods report tests; with ``p``, a paired test against
+    the reference (a difference ``diff`` with a +-1 interval)."""
+    row = {"setting": setting, "model": "m", "data": "d", "n_images": 100, "top1": 90.0,
+           "low": 80.0, "high": 95.0, "gflops": 0.08}
+    if p is not None:
+        row.update(mcnemar_p=p, diff=diff, diff_low=diff - 1, diff_high=diff + 1)
+    return {**row, **extra}
+
+
+def _methods_ctx(tmp_path, **files):
+    """Writes each ``name=rows`` as ``<name>.jsonl`` JSON lines; a report context there."""
     import json
 
-    def row(setting, p=None, diff=None, **extra):
-        base = {"setting": setting, "model": "vit_digits", "data": "mnist5k", "n_images": 100,
-                "top1": 90.0, "low": 80.0, "high": 95.0, "gflops": 0.08}
-        if p is not None:
-            base.update(mcnemar_p=p, diff=diff, diff_low=diff - 1, diff_high=diff + 1)
-        return {**base, **extra}
+    for name, rows in files.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "docs").mkdir(exist_ok=True)
+    return report.Ctx(tmp_path, tmp_path / "docs" / "methods.md")
+
+
+def test_methods_compare_adjusts_over_the_whole_table_and_shows_refusals(tmp_path):
+    """Two budgets' files make one Holm family: p = 0.01 and 0.04 and 0.5 become 0.03, 0.08 and
+    0.5 (three tests), so only the first is a verdict; a refused method gets its reason. The
+    rows carry no r, as files written before rows recorded it: the schedule is rebuilt."""
+
+    def row(setting, p=None, diff=None):
+        return _methods_row(setting, p, diff, model="vit_digits", data="mnist5k")
 
     g = "schedule=constant_flops gflops=0.0854"
     a = [row(f"matching=bipartite {g}"), row(f"matching=greedy {g}", 0.01, 2.0),
          row(f"matching=kmeans {g}", 0.04, -2.0)]
     b = [row(f"matching=bipartite {g}"), row(f"matching=random {g} seed=1", 0.5, 0.5),
-         {"setting": f"matching=local_bipartite {g}", "model": "vit_digits", "data": "mnist5k",
+         {"setting": f"matching=local_bipartite {g}", "model": "m", "data": "d",
           "refused": "matching 'local_bipartite' reads token grid positions; more"}]
-    for name, rows in (("a.jsonl", a), ("b.jsonl", b)):
-        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "docs").mkdir()
-    ctx = report.Ctx(tmp_path, tmp_path / "docs" / "methods.md")
+    ctx = _methods_ctx(tmp_path, a=a, b=b)
     table = report.methods_compare(ctx, "a.jsonl", "b.jsonl")
     lines = {ln.split("|")[2].strip(): ln for ln in table.splitlines() if ln.startswith("| 0.")}
     assert "| 0.03 | reference better |" in lines["`matching=greedy`"]
@@ -399,26 +412,16 @@ def test_methods_compare_adjusts_over_the_whole_table_and_shows_refusals(tmp_pat
 def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path):
     """A row's own r list and budget are shown (no schedule rebuilt), the achieved GFLOPs
     against the budget in percent, and img/s from a speed file matched by model and setting."""
-    import json
-
-    s = "schedule=list r=[4,4,2,0]"
-    rows = [{"setting": f"matching=bipartite {s}", "model": "m", "data": "d", "n_images": 10,
-             "top1": 90.0, "low": 60.0, "high": 99.0, "gflops": 0.102, "budget": 0.1,
-             "r": [4, 4, 2, 0]},
-            {"setting": "matching=atc schedule=stages gflops=0.1", "model": "m", "data": "d",
-             "n_images": 10, "top1": 80.0, "low": 50.0, "high": 95.0, "gflops": 0.095,
-             "budget": 0.1, "r": [0, 6, 0, 0], "mcnemar_p": 0.5, "diff": 10.0,
-             "diff_low": -10.0, "diff_high": 30.0}]
-    rows.append({"setting": "matching=kmedoids schedule=stages gflops=0.1", "model": "m",
-                 "data": "d", "n_images": 10, "top1": 99.0, "low": 70.0, "high": 99.9,
-                 "gflops": 0.1125, "budget": 0.1, "r": [0, 3, 0, 0], "mcnemar_p": 0.001,
-                 "diff": -9.0, "diff_low": -15.0, "diff_high": -3.0})
+    rows = [_methods_row("matching=bipartite schedule=list r=[4,4,2,0]", gflops=0.102,
+                         budget=0.1, r=[4, 4, 2, 0]),
+            _methods_row("matching=atc schedule=stages gflops=0.1", 0.5, 10.0, gflops=0.095,
+                         budget=0.1, r=[0, 6, 0, 0]),
+            # 12.5% over its budget
+            _methods_row("matching=kmedoids schedule=stages gflops=0.1", 0.001, -9.0,
+                         gflops=0.1125, budget=0.1, r=[0, 3, 0, 0])]
     speed = [{"model": "m", "setting": "matching=atc schedule=stages gflops=0.1",
               "img_per_s": 1234.4}]
-    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "x_speed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in speed))
-    (tmp_path / "docs").mkdir()
-    ctx = report.Ctx(tmp_path, tmp_path / "docs" / "methods.md")
+    ctx = _methods_ctx(tmp_path, x=rows, x_speed=speed)
     table = report.methods_compare(ctx, "x.jsonl", "x_speed.jsonl")
     lines = {ln.split("|")[2].strip(): ln for ln in table.splitlines() if ln.startswith("| 0.")}
     assert "| list r=4,4,2,0 | 0.1020 | +2.0% | - |" in lines["`matching=bipartite` (reference)"]
@@ -426,8 +429,7 @@ def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path)
     assert "x_speed.jsonl" in table
     rows[1].update(tuned_option="linkage", tuned_values=["complete", "single"],
                    val_top1=[81.25, None])
-    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table = report.methods_compare(ctx, "x.jsonl")
+    table = report.methods_compare(_methods_ctx(tmp_path, x=rows), "x.jsonl")
     assert "| `matching=atc` (val: complete 81.2, single refused) |" in table
     # 12.5% over its budget: shown, left out of the Holm family, never a verdict
     assert lines["`matching=kmedoids`"].endswith(
@@ -439,22 +441,12 @@ def test_methods_summary_counts_verdicts_per_task_and_way(tmp_path):
     """Per file: better / worse / not distinguishable after Holm within the task and way's
     files (p 0.001 and 0.02 over two tests: 0.002 and 0.02, both below 0.05), and the way read
     from the file name."""
-    import json
-
-    def row(setting, p=None, diff=None, top1=90.0):
-        base = {"setting": setting, "model": "m", "data": "d", "n_images": 100, "top1": top1,
-                "low": 80.0, "high": 95.0, "gflops": 0.08, "budget": 0.08}
-        if p is not None:
-            base.update(mcnemar_p=p, diff=diff, diff_low=diff - 1, diff_high=diff + 1)
-        return base
-
-    own = [row("matching=bipartite"), row("matching=atc schedule=stages", 0.001, -3.0, 93.0),
-           row("matching=kmedoids schedule=stages", 0.02, 2.0, 88.0),
+    row = _methods_row
+    own = [row("matching=bipartite", budget=0.08),
+           row("matching=atc schedule=stages", 0.001, -3.0, top1=93.0, budget=0.08),
+           row("matching=kmedoids schedule=stages", 0.02, 2.0, top1=88.0, budget=0.08),
            {"setting": "matching=x", "model": "m", "data": "d", "refused": "no grid"}]
-    (tmp_path / "t_b20_own.jsonl").write_text("".join(json.dumps(r) + "\n" for r in own))
-    (tmp_path / "docs").mkdir()
-    table = report.methods_summary(report.Ctx(tmp_path, tmp_path / "docs" / "x.md"),
-                                   "t_b20_own.jsonl")
+    table = report.methods_summary(_methods_ctx(tmp_path, t_b20_own=own), "t_b20_own.jsonl")
     line = next(ln for ln in table.splitlines() if ln.startswith("| m |"))
-    assert line == ("| m | (b) own schedule | 0.0800 | 90.0 | `matching=atc` (stages) | 1 | 0 | 1 | "
-                    "`matching=atc` (stages) 93.0 |")
+    assert line == ("| m | (b) own schedule | 0.0800 | 90.0 | `matching=atc` (stages) | 1 | 0 | "
+                    "1 | `matching=atc` (stages) 93.0 |")
