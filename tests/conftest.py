@@ -78,3 +78,14 @@ def _no_fsync():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def requested_stats(matching: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The attention statistics ``matching`` makes a block compute, on a class-token model and
+    on one without a class token (four registers, average pooling)."""
+    import tome_lab
+
+    def stats(model):
+        return tome_lab.tome_state(tome_lab.apply_tome(model, r=2, matching=matching)).spec.stats
+
+    return stats(tiny_vit()), stats(tiny_vit("vit_base_patch16_reg4_gap_256", reg_tokens=4))

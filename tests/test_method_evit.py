@@ -12,8 +12,8 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_vit
-from test_reference import _model, reference_forward
+from conftest import requested_stats, tiny_vit
+from test_reference import _model, compare_rich
 
 import tome_lab
 from tome_lab.flops import analytic_gflops, tokens_per_layer
@@ -48,14 +48,8 @@ def evit_step(fusion="mean"):
 
 
 def _compare(key, r, fusion="mean", prop_attn=True):
-    m, images = _model(key)
-    want = reference_forward(m, images, r, prop_attn, step=evit_step(fusion), rich=True)
     opts = {} if fusion == "mean" else {"fusion": fusion}
-    patched = tome_lab.apply_tome(copy.deepcopy(m), r=r, prop_attn=prop_attn, matching="evit",
-                                  **opts)
-    with torch.no_grad():
-        got = patched(images)
-    return got, want, tome_lab.tome_state(patched)
+    return compare_rich(key, r, evit_step(fusion), prop_attn, matching="evit", **opts)
 
 
 # deit_t (class token, 197 tokens, 6 blocks) at r = 8 and at a per-block list that removes more
@@ -161,11 +155,7 @@ def test_evit_capabilities():
     assert caps.sources and caps.unmerge and caps.fullgraph
     assert not caps.stochastic and not caps.positions and not caps.sizes
     # the statistic depends on the layout: the class row, else the attention received
-    st = tome_lab.tome_state(tome_lab.apply_tome(tiny_vit(), r=2, matching="evit"))
-    assert st.spec.stats == ("cls",)
-    st = tome_lab.tome_state(tome_lab.apply_tome(
-        tiny_vit("vit_base_patch16_reg4_gap_256", reg_tokens=4), r=2, matching="evit"))
-    assert st.spec.stats == ("received",)
+    assert requested_stats("evit") == (("cls",), ("received",))
 
 
 def test_evit_refuses_bad_options_and_other_knobs():
