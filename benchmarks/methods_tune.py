@@ -1,8 +1,8 @@
 """The methods comparison's tuned column (issue 24): each method's hyper-parameter chosen on
 ``val``, then scored once on ``test`` against bipartite at the same budget.
 
-    python benchmarks/methods_tune.py --model vit_dots --data dots --budget 0.1089 \\
-        --json benchmarks/tasks/methods_dots_b15_tuned.jsonl
+    python benchmarks/methods_tune.py --model vit_dots --data dots --budget 0.0817 \\
+        --json benchmarks/tasks/methods_dots_b20_tuned.jsonl
 
 Way (a)'s schedule (``schedule=constant_flops gflops=BUDGET``) for every method. For each
 method of :data:`GRIDS` every value of its one option is scored on the whole ``val`` split
@@ -64,7 +64,7 @@ def main() -> None:
         chosen.append(words[best])
         notes[words[best]] = {"tuned_option": option, "tuned_values": values,
                               "val_top1": [val[w].get("top1") for w in words]}
-    rows = paired_sweep.main([*common, "--json", args.json,
+    rows = paired_sweep.main([*common,  # written once below, with the choices
                               f"matching=bipartite {sched}", *chosen])
     for row in rows:
         row.update(notes.get(row["setting"], {}))
