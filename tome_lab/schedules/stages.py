@@ -9,7 +9,9 @@ of Haurum et al. (ICCVW 2023), whose K-Medoids and DPC-KNN tome_lab implements, 
 
 At a stage block entering with ``n`` tokens, ``p`` of them protected (class, distillation),
 ``r = (n - p) - ceil(keep_rate * (n - p))``, so ``ceil(keep_rate * (n - p))`` unprotected tokens
-survive, as EViT rounds. The other blocks merge nothing. tome_lab's choices:
+survive (EViT rounds its attentive tokens this way and adds its fused token on top, one more
+than here: ``tome_lab.matching.evit.published_r`` gives its own counts). The other blocks merge
+nothing. tome_lab's choices:
 
 - ``at`` (0-based block indices) defaults to blocks 3, 6 and 9 on a 12-block model and to
   the same fractions of the depth elsewhere (``round(i * depth / 12)``, at most the last
