@@ -21,6 +21,9 @@
 #      the dearest, nearest the budget), applied unchanged to every method of way (a) but
 #      truncate and the second and third seeds. Writes methods_NAME_b15_searched.jsonl and
 #      _b20_searched.jsonl.
+#   m2: issue 25's attention-scoring methods (EViT under constant r and its own stages, PPT,
+#      Zero-TPrune, attention pruning) at the budget, against bipartite; writes
+#      methods2_NAME_b15.jsonl and _b20.jsonl.
 # Run from the repository root; THREADS (default 2) sets torch's threads.
 set -euo pipefail
 NAME=$1 MODEL=$2 DATA=$3 WAY=${4:-a}
@@ -67,7 +70,11 @@ print(json.dumps(json.loads(best[1])).replace(' ', ''))")
        S="schedule=list r=$R"
        SETTINGS=(); for m in "${METHODS[@]}"; do
          case $m in *seed=[12]|*truncate) continue ;; esac; SETTINGS+=("$m $S"); done ;;
-    *) echo "WAY must be a, b or c, got '$WAY'" >&2; exit 2 ;;
+    m2) file=$OUT/methods2_${NAME}_$name.jsonl S="schedule=constant_flops gflops=$g"
+       SETTINGS=("matching=bipartite $S" "matching=evit $S"
+         "matching=evit schedule=stages gflops=$g" "matching=ppt $S"
+         "matching=zero_tprune $S" "matching=pruning $S") ;;
+    *) echo "WAY must be a, b, c or m2, got '$WAY'" >&2; exit 2 ;;
   esac
   $PY benchmarks/paired_sweep.py --threads "$TH" --model "$MODEL" --data "$DATA" \
     --budget "$g" --json "$file" "${SETTINGS[@]}"

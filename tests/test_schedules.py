@@ -66,7 +66,7 @@ def test_constant_flops_takes_the_closest_constant_r_for_each_matcher():
     """For each matcher, the constant r whose own count (matching costs included) is closest
     to the target, found here by brute force over every r."""
     from tome_lab.config import ToMeConfig
-    from tome_lab.patch import config_spec
+    from tome_lab.engine import config_spec
 
     target = 2.9
     picked = {}

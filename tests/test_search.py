@@ -261,7 +261,7 @@ def test_budget_is_a_constraint_and_only_feasible_trials_are_reported(tmp_path, 
 
 
 def test_the_gflops_objective_is_the_chosen_plug_ins_cost(tmp_path, spec):
-    from tome_lab.patch import config_spec
+    from tome_lab.engine import config_spec
 
     budget = 0.08
     scfg = _scfg(tmp_path, trials=12, sampler="random", baselines=True, gflops_budget=budget,

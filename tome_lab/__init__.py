@@ -1,4 +1,4 @@
-"""tome_lab: a research framework for Token Merging (Bolya et al., ICLR 2023) on timm ViTs.
+"""tome_lab: a research framework for Token Merging (Bolya et al., ICLR 2023) on Vision Transformers (timm, Hugging Face, open_clip).
 
 Importing the package imports nothing heavy: the names below load on first use (PEP 562), and
 each registry imports its plug-in packages on its first lookup (:mod:`tome_lab.registry`), so
@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tome_lab.config import ToMeConfig
     from tome_lab.flops import analytic_gflops, count_flops
-    from tome_lab.patch import apply_config, apply_tome, remove_tome, tome_state, vit_spec
+    from tome_lab.engine import apply_config, apply_tome, remove_tome, tome_state, vit_spec
 
 # public name -> the module that defines it
 _EXPORTS = {"ToMeConfig": "tome_lab.config", "analytic_gflops": "tome_lab.flops",
-            "count_flops": "tome_lab.flops", "apply_config": "tome_lab.patch",
-            "apply_tome": "tome_lab.patch", "remove_tome": "tome_lab.patch",
-            "tome_state": "tome_lab.patch", "vit_spec": "tome_lab.patch"}
+            "count_flops": "tome_lab.flops", "apply_config": "tome_lab.engine",
+            "apply_tome": "tome_lab.engine", "remove_tome": "tome_lab.engine",
+            "tome_state": "tome_lab.engine", "vit_spec": "tome_lab.engine"}
 # the plug-in packages, reachable as attributes as when this module imported them
 _PLUGINS = ("attention", "combine", "features", "matching", "partition", "schedules")
 

@@ -29,6 +29,10 @@ def _params(fn: Any, skip: int) -> list[str]:
     return list(inspect.signature(fn).parameters)[skip:]
 
 
+# where a merged token sits (ToMeConfig.position_rule)
+POSITION_RULES = ("mean", "keep")
+
+
 @dataclass(frozen=True)
 class ToMeConfig:
     """How to merge tokens in a ViT.
@@ -51,6 +55,10 @@ class ToMeConfig:
             ``tome_lab.attention.impl.auto``). Plain attention has nothing to compute, so a
             choice other than ``auto`` needs ``prop_attn``. Left out of :func:`config_hash`
             while ``auto`` (added after results were recorded under their hashes).
+        position_rule: where a merged token sits, for the blocks and matchers that read token
+            positions (rotary embeddings, windowed matchers): ``mean``, the size-weighted mean
+            of its patches' positions, or ``keep``, the position of the token it was merged
+            into (the destination). Left out of :func:`config_hash` while ``mean``.
         options: plug-in keyword options (e.g. ``gflops`` for ``schedule="flops"``), each
             routed to the matching or schedule plug-in whose parameter it names.
     """
@@ -66,6 +74,7 @@ class ToMeConfig:
     combine: str = "wavg"
     partition: str = "alternate"
     attn_impl: str = field(default="auto", metadata={"hash": "omit_default"})
+    position_rule: str = field(default="mean", metadata={"hash": "omit_default"})
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +119,13 @@ class ToMeConfig:
         from tome_lab.matching import capabilities
 
         caps = capabilities(MATCHING.get(self.matching))
+        if self.position_rule not in POSITION_RULES:
+            raise ValueError(f"unknown position_rule {self.position_rule!r}; valid: "
+                             f"{', '.join(POSITION_RULES)}")
+        if self.position_rule == "keep" and "keep" not in caps.uses:
+            raise ValueError(
+                f"position_rule='keep' needs a matcher whose merged tokens have a destination "
+                f"to take the position of; matching {self.matching!r} has none (use 'mean')")
         self._check_knobs(caps.uses)
         if self.trace_source and not caps.sources:
             raise ValueError(

@@ -66,7 +66,7 @@ def check_plugin_options(tome: Any) -> None:
     import timm
     import torch
 
-    from tome_lab.patch import apply_config
+    from tome_lab.engine import apply_config
 
     tiny = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
                              patch_size=8, depth=1, embed_dim=32, num_heads=2).eval()
@@ -87,7 +87,7 @@ def check_point(config: Any, models: dict[str, Any] | None = None) -> None:
     Raises:
         ValueError: the model name, the checkpoint path or the ToMe setting is wrong for it.
     """
-    from tome_lab.patch import apply_config
+    from tome_lab.engine import apply_config
 
     name = config.model.name
     cache = {} if models is None else models

@@ -121,6 +121,8 @@ FEATURES: Registry = Registry("feature", ["tome_lab.features"])
 COMBINE: Registry = Registry("combine", ["tome_lab.combine"])
 PARTITIONS: Registry = Registry("partition", ["tome_lab.partition"])
 DATASETS: Registry = Registry("dataset", ["tome_lab.data", "tome_lab.tasks"])
+# model-family adapters (tome_lab.engine.Family): timm's ViT in patch.py, the others one file each
+FAMILIES: Registry = Registry("family", ["tome_lab.patch", "tome_lab.families"])
 
 # timm's model registry is timm's own: these packages register models into it on import
 # (``tome_lab.models`` imports them when it is imported, see :func:`import_plugins`).

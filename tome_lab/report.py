@@ -165,7 +165,7 @@ def flops_paper(ctx: Ctx) -> str:
     import torch
 
     from tome_lab.flops import analytic_gflops
-    from tome_lab.patch import vit_spec
+    from tome_lab.engine import vit_spec
 
     rows = []
     for name, table in PAPER_GFLOPS.items():

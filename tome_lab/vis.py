@@ -1,7 +1,7 @@
 """Merge pictures: every input patch coloured by the token it ended up in (ToMe, Fig. 4 style).
 
 With ``trace_source=True`` a patched model records, after each forward, which input patches
-each remaining token holds (``tome_lab.patch.tome_state(model).source``, [B, N, N0]). Here each
+each remaining token holds (``tome_lab.tome_state(model).source``, [B, N, N0]). Here each
 patch is painted with the mean colour of all the pixels of its group, and a line is drawn
 between patches of different groups; layer by layer if asked (forward hooks read the source
 after every block).
@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from tome_lab.data import model_data_config
-from tome_lab.patch import apply_config, tome_state
+from tome_lab.engine import apply_config, tome_state
 
 DROPPED = -1  # group index of a patch whose token was dropped (pruning), painted black
 

@@ -26,7 +26,7 @@ def model_spec(exp: ExperimentConfig) -> ViTSpec:
 @functools.lru_cache(maxsize=4)
 def _model_spec(model: Any) -> ViTSpec:
     from tome_lab.models import create_model
-    from tome_lab.patch import vit_spec
+    from tome_lab.engine import vit_spec
 
     return vit_spec(create_model(model))
 
@@ -141,6 +141,6 @@ def trial_config(exp: ExperimentConfig, r: Sequence[int], knobs: Mapping[str, An
 def trial_gflops(spec: ViTSpec, cfg: ExperimentConfig) -> float:
     """The analytic GFLOPs of a trial's configuration, with what its own plug-ins cost
     (matcher, similarity feature, head aggregation, partition), not the default matcher's."""
-    from tome_lab.patch import config_spec
+    from tome_lab.engine import config_spec
 
     return analytic_gflops(config_spec(spec, cfg.tome), cfg.tome.r)

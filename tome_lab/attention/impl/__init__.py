@@ -11,7 +11,7 @@ and SDPA may pick its flash kernel (``bias_channel``), FlexAttention with a ``sc
 A registry of its own rather than a wider ATTENTION contract: the two choices are orthogonal
 (any core computes any plug-in's bias), a config names each once, and every ATTENTION plug-in
 keeps its one-line contract (sizes -> bias), which the attention statistics of the matchers
-read too (``patch._attention_stats``).
+read too (``engine.attention_stats``).
 
 The contract of a core::
 
