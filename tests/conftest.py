@@ -20,6 +20,21 @@ import timm
 import torch
 
 
+REQUIRE_EXTRAS = "TOME_LAB_REQUIRE_EXTRAS"  # 1 in .ci/run and make test: a missing extra fails
+
+
+def need_extra(module: str, extra: str):
+    """Imports an optional extra's library for a test: skips without it, or fails where
+    ``$TOME_LAB_REQUIRE_EXTRAS`` is 1 (the development install has every extra)."""
+    try:
+        return __import__(module)
+    except ImportError as err:
+        if os.environ.get(REQUIRE_EXTRAS) == "1":
+            raise RuntimeError(f"{REQUIRE_EXTRAS}=1 but {module} is missing: "
+                               f"pip install 'tome_lab[{extra}]'") from err
+        pytest.skip(f"{module} not installed (pip install 'tome_lab[{extra}]')")
+
+
 def tiny_vit(name: str = "deit_tiny_patch16_224", **kw):
     """A timm ViT shrunk to a few blocks at 64 px (16 patches) unless kw says otherwise."""
     defaults = dict(img_size=64, depth=3, embed_dim=64, num_heads=4)

@@ -71,19 +71,17 @@ def _merge(tokens, size, key, r, num_prefix, class_token):
     return new_tokens, new_size
 
 
-def _attention(attn, h, size, prop_attn, seen=None):
-    """timm Attention's weights, proportional attention written out per head; h is [N, C].
-    ``seen`` (a dict), when given, receives the per-head q, k, v and probabilities."""
-    n = h.shape[0]
-    heads, d = attn.num_heads, attn.head_dim
-    qkv = attn.qkv(h).reshape(n, 3, heads, d)
-    q = attn.q_norm(qkv[:, 0].transpose(0, 1))  # (H, N, d)
-    k = attn.k_norm(qkv[:, 1].transpose(0, 1))
-    v = qkv[:, 2].transpose(0, 1)
+def _attention(layout, blk, h, size, prop_attn, seen=None, position=None):
+    """A block's attention, proportional attention written out per head; h is [N, C]. The
+    layout gives the per-head q, k, v ([H, N, d], after any q/k norm or rotary embedding) and
+    the output projection. ``seen`` (a dict), when given, receives q, k, v and probabilities."""
+    q, k, v = layout.qkv(blk, h, position)  # (H, N, d)
+    heads, d = q.shape[0], q.shape[-1]
+    scale = layout.scale(blk, d)
     log_size = torch.tensor(size, dtype=h.dtype).log()
     outs = []
-    for hd in range(heads):  # softmax(q k^T / sqrt(d) + log s), one head at a time
-        logits = q[hd] @ k[hd].T / math.sqrt(d) + (log_size[None, :] if prop_attn else 0.0)
+    for hd in range(heads):  # softmax(q k^T * scale + log s), one head at a time
+        logits = q[hd] @ k[hd].T * scale + (log_size[None, :] if prop_attn else 0.0)
         w = (logits - logits.amax(-1, keepdim=True)).exp()
         w = w / w.sum(-1, keepdim=True)
         outs.append(w @ v[hd])
@@ -92,10 +90,93 @@ def _attention(attn, h, size, prop_attn, seen=None):
     if seen is not None:
         seen.update(q=q, k=k, v=v, probs=torch.stack(seen["probs"]))  # probs (H, N, N)
     out = torch.cat(outs, dim=-1)  # (N, H * d)
-    out = attn.norm(out)
-    if attn.gate is not None:
-        out = out * torch.sigmoid(attn.gate(h))
-    return attn.proj(out), k.mean(0)  # (N, C), (N, d) keys averaged over heads
+    return layout.out(blk, out, h), k.mean(0)  # (N, C), (N, d) keys averaged over heads
+
+
+class Layout:
+    """What the reference needs of a model family, per image and in float64: the tokens
+    entering the first block, each block's pieces, and the model's output from its last
+    tokens and their sizes. A family's test subclasses it (``TimmLayout`` is timm's ViT).
+
+    Attributes: ``blocks`` (the block modules), ``num_prefix``, ``class_token``, ``grid``
+    ((rows, cols) of the patch grid), ``positions`` (whether blocks read token positions)."""
+
+    positions = False
+
+    def embed(self, img):
+        """[N0, C] tokens entering the first block for one [3, H, W] image."""
+        raise NotImplementedError
+
+    def norm1(self, blk, x):
+        """[N, C] the attention branch's input."""
+        raise NotImplementedError
+
+    def qkv(self, blk, h, position):
+        """(q, k, v), each [H, N, d], from the branch input ``h``; ``position`` lists each
+        token's (row, col) ((-1, -1) for the prefix) for a family whose blocks read it."""
+        raise NotImplementedError
+
+    def scale(self, blk, d):
+        """The logits' scale (1 / sqrt(d) unless the family says otherwise)."""
+        return 1.0 / math.sqrt(d)
+
+    def out(self, blk, o, h):
+        """[N, C] the attention branch's output (projection, LayerScale) from the heads'
+        concatenated output ``o`` ([N, H * d]) and the branch input ``h``."""
+        raise NotImplementedError
+
+    def mlp(self, blk, x):
+        """[N, C] the MLP branch (norm, MLP, LayerScale), added to ``x`` by the reference."""
+        raise NotImplementedError
+
+    def head(self, x, size):
+        """The model's output for one image from its last [N, C] tokens and their sizes."""
+        raise NotImplementedError
+
+
+class TimmLayout(Layout):
+    """timm's VisionTransformer."""
+
+    def __init__(self, model):
+        self.model = model
+        self.blocks = list(model.blocks)
+        self.num_prefix = model.num_prefix_tokens
+        self.class_token = model.cls_token is not None
+        self.grid = _grid_of(model)
+
+    def embed(self, img):
+        m = self.model
+        return m.norm_pre(m._pos_embed(m.patch_embed(img[None])))[0]
+
+    def norm1(self, blk, x):
+        return blk.norm1(x)
+
+    def qkv(self, blk, h, position):
+        attn = blk.attn
+        n = h.shape[0]
+        qkv = attn.qkv(h).reshape(n, 3, attn.num_heads, attn.head_dim)
+        q = attn.q_norm(qkv[:, 0].transpose(0, 1))  # (H, N, d)
+        k = attn.k_norm(qkv[:, 1].transpose(0, 1))
+        return q, k, qkv[:, 2].transpose(0, 1)
+
+    def out(self, blk, o, h):
+        attn = blk.attn
+        o = attn.norm(o)
+        if attn.gate is not None:
+            o = o * torch.sigmoid(attn.gate(h))
+        return blk.ls1(attn.proj(o))
+
+    def mlp(self, blk, x):
+        return blk.ls2(blk.mlp(blk.norm2(x)))
+
+    def head(self, x, size):
+        m, p = self.model, self.num_prefix
+        x = m.norm(x)
+        if m.global_pool == "avg":
+            w = torch.tensor(size[p:], dtype=x.dtype)
+            pooled = (x[p:] * w[:, None]).sum(0) / w.sum()
+            return m.head(m.fc_norm(pooled))
+        return m.forward_head(x[None])[0]
 
 
 def _truncate(tokens, size, key, r, num_prefix, class_token):
@@ -127,27 +208,30 @@ def _grid_of(model):
 
 
 @torch.no_grad()
-def reference_forward(model, images, r, prop_attn=True, step=_merge, rich=False):
-    """Logits of a ToMe ViT, one image at a time (an unpatched float64 timm model); ``step``
-    reduces the tokens of a block (default: bipartite soft matching). With ``rich``, ``step``
-    takes a :class:`BlockView` and returns ``(tokens, size, groups)``; ``r`` may then be a
-    per-block list."""
-    p = model.num_prefix_tokens
-    class_token = model.cls_token is not None
-    depth = len(model.blocks)
+def reference_forward(model, images, r, prop_attn=True, step=_merge, rich=False,
+                      position_rule="mean"):
+    """Outputs of a ToMe model, one image at a time, from an unpatched float64 model: a timm
+    ViT or a :class:`Layout` of another family. ``step`` reduces the tokens of a block
+    (default: bipartite soft matching). With ``rich``, ``step`` takes a :class:`BlockView`
+    and returns ``(tokens, size, groups)``; ``r`` may then be a per-block list. Positions
+    follow each group by ``position_rule``: ``mean`` (size-weighted) or ``keep`` (the
+    position of the group's first member, which a rich step lists first: the destination)."""
+    layout = model if isinstance(model, Layout) else TimmLayout(model)
+    p, class_token = layout.num_prefix, layout.class_token
+    depth = len(layout.blocks)
     rs = list(r) if isinstance(r, (list, tuple)) else [r] * depth
     out = []
     for img in images:
-        x = model.norm_pre(model._pos_embed(model.patch_embed(img[None])))[0]
+        x = layout.embed(img)
         tokens, size = list(x), [1.0] * x.shape[0]
-        rows, cols = _grid_of(model)
+        rows, cols = layout.grid
         position = [(-1.0, -1.0)] * p + [(float(i // cols), float(i % cols))
                                          for i in range(rows * cols)]
-        for i, blk in enumerate(model.blocks):
-            h = blk.norm1(torch.stack(tokens))
+        for i, blk in enumerate(layout.blocks):
+            h = layout.norm1(blk, torch.stack(tokens))
             seen = {} if rich else None
-            y, key = _attention(blk.attn, h, size, prop_attn, seen)
-            x = torch.stack(tokens) + blk.ls1(y)  # merge after the attention residual
+            y, key = _attention(layout, blk, h, size, prop_attn, seen, position)
+            x = torch.stack(tokens) + y  # merge after the attention residual
             if rich:
                 view = BlockView(tokens=list(x), size=list(size), key=key, r=rs[i], block=i,
                                  depth=depth, num_prefix=p, class_token=class_token,
@@ -155,23 +239,21 @@ def reference_forward(model, images, r, prop_attn=True, step=_merge, rich=False)
                 tokens, new_size, groups = step(view)
                 if groups is None or position is None:
                     position = None
+                elif position_rule == "keep":
+                    position = [position[grp[0]] for grp in groups]
                 else:
                     position = [tuple(sum(size[g] * position[g][c] for g in grp)
                                       / sum(size[g] for g in grp) for c in (0, 1))
                                 for grp in groups]
                 size = new_size
             else:
+                if layout.positions:
+                    raise ValueError("a layout whose blocks read positions needs a rich step")
                 tokens, size = step(list(x), list(size), key, r, p, class_token)
             x = torch.stack(tokens)
-            x = x + blk.ls2(blk.mlp(blk.norm2(x)))  # ... and before the MLP
+            x = x + layout.mlp(blk, x)  # ... and before the MLP
             tokens = list(x)
-        x = model.norm(torch.stack(tokens))
-        if model.global_pool == "avg":
-            w = torch.tensor(size[p:], dtype=x.dtype)
-            pooled = (x[p:] * w[:, None]).sum(0) / w.sum()
-            out.append(model.head(model.fc_norm(pooled)))
-        else:
-            out.append(model.forward_head(x[None])[0])
+        out.append(layout.head(torch.stack(tokens), size))
     return torch.stack(out)
 
 
