@@ -14,7 +14,8 @@ from tome_lab.registry import MATCHING, SCHEDULES
 SCHEDULE_ARGS = {"constant": {}, "list": dict(r=[4, 0, 2]), "linear": dict(start=4, end=1),
                  "decreasing": {}, "increasing": {}, "flops": dict(gflops=0.003),
                  "constant_flops": dict(gflops=0.003), "stages": dict(keep_rate=0.5),
-                 "keep_ratio": dict(ratio=0.8)}
+                 "keep_ratio": dict(ratio=0.8),
+                 "pairs": dict(matching="composite", pairs=[[3, 2], [0, 3], [2, 1]])}
 
 
 def _compiled_equals_eager(m, x, backend="eager", seed=0):
@@ -67,6 +68,7 @@ INDUCTOR_CASES = [
          schedule="linear", start=4, end=1),
     dict(matching="kmeans", schedule="list", r=[4, 2]),
     dict(matching="atc", linkage="single", schedule="stages", keep_rate=0.5),
+    dict(matching="composite", pairs=[[3, 2], [1, 3]]),  # implies schedule="pairs"
     dict(matching="kmedoids", iters=1),
     dict(matching="dpc_knn", k=3, combine="keep"),
     dict(matching="evit", fusion="sum", r=[10, 3]),  # 10 of 16: more than half, one fused

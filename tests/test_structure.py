@@ -216,3 +216,38 @@ def test_the_experiment_packages_import_downward_only(package):
     launch = [m for m in top if m.startswith("tome_lab.launch")]
     upward = sorted(t for m in launch for t in top[m] | inner[m] if t.startswith("tome_lab.search"))
     assert not upward, f"the launchers import the search: {upward}"
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """Every module name an ``import`` / ``from ... import`` statement of ``path`` names (at
+    any depth, functions included), relative imports left out."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
+# each model library's internals belong to its family adapters (issue 27): the library's
+# top-level name -> the modules allowed to import it
+FAMILY_LIBRARIES = {
+    "transformers": lambda m: m.startswith(("tome_lab.families.hf_", "tome_lab.families._hf")),
+    "open_clip": lambda m: m == "tome_lab.families.open_clip",
+}
+
+
+@pytest.mark.parametrize("library", sorted(FAMILY_LIBRARIES))
+def test_a_model_library_is_known_to_its_adapters_only(library):
+    allowed = FAMILY_LIBRARIES[library]
+    users = sorted(m for m, p in _modules().items()
+                   if any(n.split(".")[0] == library for n in _third_party_imports(p)))
+    assert all(allowed(m) for m in users), f"{library} imported outside its adapters: {users}"
+
+
+def test_the_engine_knows_no_model_library():
+    """tome_lab.engine plans, merges and counts for every family and imports none of them."""
+    names = _third_party_imports(ROOT / "engine.py")
+    libs = {n.split(".")[0] for n in names} & {"timm", "transformers", "open_clip"}
+    assert not libs, f"engine.py imports {sorted(libs)}"
