@@ -13,14 +13,16 @@ from tome_lab.registry import SCHEDULES
 
 SPEC = tome_lab.vit_spec(timm.create_model("deit_small_patch16_224", pretrained=False))
 OPTIONS = {"list": dict(r=tuple([3] * 12)), "flops": dict(r=0, gflops=3.0),
-           "constant_flops": dict(r=0, gflops=3.0)}
+           "constant_flops": dict(r=0, gflops=3.0),
+           "pairs": dict(r=0, pairs=[[4, 8]] * 12)}
 
 
 @pytest.mark.parametrize("name", SCHEDULES.names())
 def test_every_schedule_gives_one_r_per_block(name):
     kw = dict(OPTIONS.get(name, dict(r=8)))
     r = kw.pop("r")
-    rs = SCHEDULES.get(name)(r, SPEC, **kw)
+    spec = replace(SPEC, matching="composite") if name == "pairs" else SPEC  # its matcher
+    rs = SCHEDULES.get(name)(r, spec, **kw)
     assert len(rs) == SPEC.depth and all(isinstance(v, int) and v >= 0 for v in rs)
 
 

@@ -131,6 +131,16 @@ class ToMeConfig:
             raise ValueError(
                 f"trace_source=True cannot go with matching={self.matching!r}: its output "
                 f"tokens are not groups of input patches (reduction {caps.reduction!r})")
+        # an option of the matcher that fixes every block's count (composite's ``pairs``)
+        # implies the schedule of that name, as a list r implies ``list``
+        own = getattr(MATCHING.get(self.matching), "schedule_option", None)
+        if own is not None and own in self.options:
+            if self.schedule not in ("constant", own):
+                raise ValueError(
+                    f"option {own!r} of matching {self.matching!r} sets every block's count "
+                    f"and implies schedule {own!r}; it cannot go with schedule "
+                    f"{self.schedule!r} (leave r and schedule at their defaults)")
+            object.__setattr__(self, "schedule", SCHEDULES.canonical(own))
         m_params = _params(MATCHING.get(self.matching), 2)
         s_params = _params(SCHEDULES.get(self.schedule), 2)
         for key in self.options:
