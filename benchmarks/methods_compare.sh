@@ -24,6 +24,8 @@
 #   m2: issue 25's attention-scoring methods (EViT under constant r and its own stages, PPT,
 #      Zero-TPrune, attention pruning) at the budget, against bipartite; writes
 #      methods2_NAME_b15.jsonl and _b20.jsonl.
+#   m2c: the same methods (EViT without its stages) under way (c)'s searched schedule; writes
+#      methods2_NAME_b15_searched.jsonl and _b20_searched.jsonl.
 # Run from the repository root; THREADS (default 2) sets torch's threads.
 set -euo pipefail
 NAME=$1 MODEL=$2 DATA=$3 WAY=${4:-a}
@@ -43,6 +45,14 @@ METHODS=("matching=bipartite" "matching=bipartite combine=mlerp" "matching=tofu"
   "matching=truncate" "matching=random seed=0" "matching=random seed=1"
   "matching=random seed=2" "matching=random_bipartite seed=0"
   "matching=random_bipartite seed=1" "matching=random_bipartite seed=2")
+searched() {  # way (c)'s schedule for budget $1 (b15, b20), as a JSON list without spaces
+  $PY -c "
+import json
+# the '# gflops top1_val top1_test r' lines: of the best val schedules, the dearest
+best = max((float(ln.split()[1]), ln.split(None, 4)[4]) for ln in
+           open('runs/methods_c/methods_c_${NAME}_$1-pareto.yaml') if ln.startswith('# 0'))
+print(json.dumps(json.loads(best[1])).replace(' ', ''))"
+}
 for pair in b15:1.5 b20:2; do
   name=${pair%%:*}; div=${pair##*:}
   g=$($PY -c "print(f'{$BASE / $div:.4f}')")
@@ -61,20 +71,17 @@ for pair in b15:1.5 b20:2; do
          "matching=bipartite schedule=stages gflops=$g") ;;
     c) file=$OUT/methods_${NAME}_${name}_searched.jsonl  # one seed of each stochastic method
        # and no truncate, to fit the shared machine: (a) has their spread and floor
-       R=$($PY -c "
-import json
-# the '# gflops top1_val top1_test r' lines: of the best val schedules, the dearest
-best = max((float(ln.split()[1]), ln.split(None, 4)[4]) for ln in
-           open('runs/methods_c/methods_c_${NAME}_$name-pareto.yaml') if ln.startswith('# 0'))
-print(json.dumps(json.loads(best[1])).replace(' ', ''))")
-       S="schedule=list r=$R"
+       S="schedule=list r=$(searched "$name")"
        SETTINGS=(); for m in "${METHODS[@]}"; do
          case $m in *seed=[12]|*truncate) continue ;; esac; SETTINGS+=("$m $S"); done ;;
+    m2c) file=$OUT/methods2_${NAME}_${name}_searched.jsonl S="schedule=list r=$(searched "$name")"
+       SETTINGS=("matching=bipartite $S" "matching=evit $S" "matching=ppt $S"
+         "matching=zero_tprune $S" "matching=pruning $S") ;;
     m2) file=$OUT/methods2_${NAME}_$name.jsonl S="schedule=constant_flops gflops=$g"
        SETTINGS=("matching=bipartite $S" "matching=evit $S"
          "matching=evit schedule=stages gflops=$g" "matching=ppt $S"
          "matching=zero_tprune $S" "matching=pruning $S") ;;
-    *) echo "WAY must be a, b, c or m2, got '$WAY'" >&2; exit 2 ;;
+    *) echo "WAY must be a, b, c, m2 or m2c, got '$WAY'" >&2; exit 2 ;;
   esac
   $PY benchmarks/paired_sweep.py --threads "$TH" --model "$MODEL" --data "$DATA" \
     --budget "$g" --json "$file" "${SETTINGS[@]}"
