@@ -10,7 +10,10 @@ ablation files, other keys such as ``start`` / ``end`` / ``gflops`` go to the pl
 options; ``seed=N`` seeds torch's generator before the setting runs, 0 otherwise). The first
 setting is the reference. Every setting is scored on all 1,000 held-out mnist5k digits
 keeping each image's 0/1 result; printed: its top-1 with the 95% Wilson interval, fvcore
-GFLOPs (``tome_lab.count_flops``), and against the reference McNemar's exact test and a 95%
+GFLOPs (``tome_lab.count_flops``; for a matcher whose images keep different token counts,
+``ats``, that is the padded batch's cap, and each image's own GFLOPs go into
+``gflops_image_mean`` / ``_std`` / ``_min`` / ``_max`` and its final tokens into
+``tokens_image_*``), and against the reference McNemar's exact test and a 95%
 paired bootstrap interval of the difference (``tome_lab.stats``), as
 ``benchmarks/paired_matching.py`` does for matchings. ``--model vit_audio_digits --data
 spoken_digits`` runs the audio task instead (its 1,000 ``test`` clips). ``--gflops-only``
@@ -31,6 +34,7 @@ import tome_lab
 from tome_lab import stats
 from tome_lab.config import DataConfig, ModelConfig
 from tome_lab.data import build_loader, model_data_config
+from tome_lab.evaluate import ImageCost, pads
 from tome_lab.models import create_model
 
 
@@ -93,7 +97,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if loader is None:
             print(f"{words}: {gflops:.4f} GFLOPs")
             continue
+        cost = ImageCost(model) if pads(kw.get("matching", "bipartite")) else None
         h = image_hits(model, loader)  # (n_images,) 0/1
+        per_image = {}
+        if cost is not None:  # images keep different counts (ats): each one's own GFLOPs
+            cost.close()
+            per_image = cost.summary()
+            print(f"{words}: per image {per_image['gflops_image_mean']:.4f} GFLOPs "
+                  f"[{per_image['gflops_image_min']:.4f}, {per_image['gflops_image_max']:.4f}]"
+                  f" (sd {per_image['gflops_image_std']:.4f}); the top-1 is their average")
         hits[words] = h
         ci = stats.wilson(int(h.sum()), len(h)).scaled(100)
         print(f"{words}: top-1 {ci.estimate:.1f} [{ci.low:.1f}, {ci.high:.1f}] on {len(h)} "
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      **({"budget": args.budget} if args.budget is not None else {}),
                      "r": list(tome_lab.tome_state(model).r),
                      "n_images": len(h), "top1": ci.estimate, "low": ci.low, "high": ci.high,
-                     "gflops": gflops})
+                     "gflops": gflops, **per_image})
     ref = args.settings[0]
     for row, other in zip(rows[1:], args.settings[1:], strict=True) if hits else []:
         if "refused" in row:

@@ -69,6 +69,7 @@ INDUCTOR_CASES = [
     dict(matching="kmeans", schedule="list", r=[4, 2]),
     dict(matching="atc", linkage="single", schedule="stages", keep_rate=0.5),
     dict(matching="composite", pairs=[[3, 2], [1, 3]]),  # implies schedule="pairs"
+    dict(matching="ats", r=[10, 3]),  # padded batches: size-0 tokens masked
     dict(matching="kmedoids", iters=1),
     dict(matching="dpc_knn", k=3, combine="keep"),
     dict(matching="evit", fusion="sum", r=[10, 3]),  # 10 of 16: more than half, one fused

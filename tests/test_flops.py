@@ -135,6 +135,7 @@ SETTINGS = [
     dict(matching="zero_tprune", iters=3, s_share=0.8, r=[20, 5, 3]),  # beyond A's half
     dict(matching="zero_tprune", s_share=0.0, feature="x"),  # the I-stage alone
     dict(matching="ppt", threshold=0.0, feature="x", head_agg="concat"),  # prunes everywhere
+    dict(matching="ats", r=[20, 5, 3]),  # 20 of 36: beyond half; a cap per image
 ]
 
 

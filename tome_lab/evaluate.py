@@ -12,6 +12,14 @@ and behind every point of an ablation sweep. Its result is flat (one value per k
 ``img_per_s_base``  unmerged model, timed interleaved with the patched one in the same run
 ``speedup``         ``img_per_s / img_per_s_base`` (None when ``cfg.eval.speed`` is False)
 ``tokens``          tokens leaving each block (list)
+``gflops_image_*``  only for a matcher whose images keep different token counts (it pads its
+                    batches with size-0 tokens, ``pads = True``: ``ats``): each image's own
+                    GFLOPs over its real tokens (:func:`image_gflops`), ``_mean``, ``_std``,
+                    ``_min`` and ``_max`` over the scored images; ``gflops`` stays the padded
+                    batch's count (the cap), and ``top1`` is then an average over images of
+                    different cost
+``tokens_image_*``  the same matchers: real tokens leaving the last block, ``_mean``,
+                    ``_min``, ``_max`` over the scored images
 ``model``, ``r``, ``matching``, ``schedule``, ``prop_attn``, ``dataset``, ``split``,
 ``device``, ``dtype``, ``compile``, ``threads``, ``seed``  what was run
 =================  ==========================================================================
@@ -41,6 +49,7 @@ from torch import nn
 from tome_lab import cli
 from tome_lab.config import ExperimentConfig
 from tome_lab.data import build_loader, model_data_config, progress
+from tome_lab.flops import ViTSpec, block_r, matching_flops
 from tome_lab.runtime import autocast, compile_model, interleaved_times, throughput
 
 PROG = "python -m tome_lab.evaluate"
@@ -115,6 +124,84 @@ def score(model: nn.Module, loader: Any, device: torch.device | str, dtype: str 
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "n_images": n}
 
 
+def image_tokens(model: nn.Module, batch: int) -> torch.Tensor:
+    """[B, depth] the real tokens (size > 0) leaving each block, per image, in the last
+    forward of a patched ``model`` (a block before the first reduction: every token)."""
+    import tome_lab
+
+    st = tome_lab.tome_state(model)
+    cols = [torch.full((batch,), st.tokens[i]) if s is None else (s[..., 0] > 0).sum(1).cpu()
+            for i, s in enumerate(st.sizes[1:])]
+    return torch.stack(cols, dim=1)
+
+
+def image_gflops(spec: ViTSpec, r: Sequence[int], tokens: torch.Tensor) -> list[float]:
+    """Each image's own GFLOPs: the analytic count (:func:`tome_lab.flops.analytic_gflops`) of
+    the blocks on the image's real tokens only, what an implementation that drops the padding
+    would compute. ``tokens`` [B, depth] is :func:`image_tokens`; the blocks that reduce, and
+    so pay the matcher's cost (on the image's real tokens), are the padded batch's. For a
+    matcher without padding every image's count equals ``analytic_gflops(spec, r)``."""
+    heads = spec.attn_dim // spec.head_dim
+    out = []
+    for row in tokens.tolist():
+        n = n_pad = spec.num_tokens
+        total, merged = spec.fixed_flops, False
+        for ri, n_out in zip(r, row, strict=True):
+            width = spec.attn_width if merged and spec.attn_width else spec.head_dim
+            total += n * spec.attn_token_flops + 2 * n * n * heads * width
+            rr = block_r(spec, ri, n_pad)
+            if rr > 0:
+                total += matching_flops(spec, n, rr)
+            merged, n_pad, n = merged or rr > 0, n_pad - rr, n_out
+            total += n * spec.mlp_token_flops
+        out.append((total + n * spec.final_token_flops) / 1e9)
+    return out
+
+
+class ImageCost:
+    """Collects each image's token count and own GFLOPs over the forwards of a patched model
+    whose images keep different counts (see :func:`image_gflops`), by a forward hook.
+
+    Args:
+        model: the patched (eager) model whose ToMe state is read.
+        called: the module actually called, if another (e.g. its compiled wrapper).
+    """
+
+    def __init__(self, model: nn.Module, called: nn.Module | None = None) -> None:
+        import tome_lab
+
+        self.model, self.gflops, self.tokens = model, [], []
+        st = tome_lab.tome_state(model)
+        self._spec, self._r = st.spec, st.r
+        self._hook = (called or model).register_forward_hook(self._collect)
+
+    def _collect(self, module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        counts = image_tokens(self.model, out.shape[0])  # (B, depth)
+        self.tokens += counts[:, -1].tolist()
+        self.gflops += image_gflops(self._spec, self._r, counts)
+
+    def close(self) -> None:
+        """Removes the hook."""
+        self._hook.remove()
+
+    def summary(self) -> dict[str, float]:
+        """Mean and spread of the collected images' GFLOPs and final token counts."""
+        g = torch.tensor(self.gflops, dtype=torch.float64)
+        t = torch.tensor(self.tokens, dtype=torch.float64)
+        return {"gflops_image_mean": float(g.mean()),
+                "gflops_image_std": float(g.std()) if len(g) > 1 else 0.0,
+                "gflops_image_min": float(g.min()), "gflops_image_max": float(g.max()),
+                "tokens_image_mean": float(t.mean()), "tokens_image_min": int(t.min()),
+                "tokens_image_max": int(t.max())}
+
+
+def pads(matching: str) -> bool:
+    """Whether matcher ``matching`` pads its batches, so that images keep different counts."""
+    from tome_lab.registry import MATCHING
+
+    return bool(getattr(MATCHING.get(matching), "pads", False))
+
+
 @dataclass
 class Prepared:
     """Everything built before anything is measured (so bad input fails here, fast)."""
@@ -179,7 +266,17 @@ def measure(p: Prepared) -> dict[str, Any]:
         base = compile_model(p.base, ev.compile_backend, ev.compile_mode, ev.compile_freezing)
         merged = compile_model(p.merged, ev.compile_backend, ev.compile_mode,
                                ev.compile_freezing)
+    cost = None
+    if pads(cfg.tome.matching):  # per-image counts: hooked on the eager model, or counted in
+        # one more eager pass when the scored model is compiled (its state is not read back)
+        cost = ImageCost(p.merged)
+        if cfg.eval.compile:
+            score(p.merged, p.loader, p.device, cfg.eval.dtype, desc="tokens")
+            cost.close()
     result: dict[str, Any] = score(merged, p.loader, p.device, cfg.eval.dtype)
+    if cost is not None:
+        cost.close()
+        result.update(cost.summary())
     x = next(iter(p.loader))[0].to(p.device)
     with torch.no_grad(), autocast(p.device, cfg.eval.dtype):
         p.merged(x[:1])  # one eager forward leaves the tokens per block in the ToMe state
@@ -247,6 +344,9 @@ def build_parser() -> Any:
                             help="The sweep words of an ablation file given as --config (e.g. "
                                  "a search's pareto.yaml): evaluate runs its base "
                                  "configuration only, and says so.")
+        parser.add_argument("--entry", type=int | None, default=None,
+                            help="With --sweep (a Pareto file's schedules or (p, m) pairs): "
+                                 "evaluate its i-th point (0: the first, cheapest).")
 
     return cli.build_parser(ExperimentConfig, PROG, DESCRIPTION, ALIASES, extra)
 
@@ -256,10 +356,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         cfg, ns = cli.parse(build_parser(), ExperimentConfig, argv, ALIASES)
-        if ns.sweep:
+        if ns.entry is not None:  # one point of the file's sweep
+            from tome_lab.config import to_dict
+            from tome_lab.sweep import expand
+
+            with cli.setting_up():
+                points = expand(list(ns.sweep), to_dict(cfg))
+                if not 0 <= ns.entry < len(points):
+                    raise ValueError(f"--entry {ns.entry}: the sweep has {len(points)} "
+                                     f"point(s), 0 to {len(points) - 1}")
+            cfg = points[ns.entry].config
+        elif ns.sweep:
             print(f"note: the sweep words {list(ns.sweep)} are ablate's; evaluating the base "
-                  f"configuration (python -m tome_lab.ablate --config runs them all)",
-                  file=sys.stderr)
+                  f"configuration (python -m tome_lab.ablate --config runs them all, --entry i "
+                  f"its i-th)", file=sys.stderr)
         with cli.setting_up():
             prepared = prepare(cfg)
         with cli.running():

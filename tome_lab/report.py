@@ -520,6 +520,15 @@ def methods_summary(ctx: Ctx, *files: str) -> str:
             f"{100 * OVER_BUDGET:.0f}% over the budget.) " + ctx.source(*files))
 
 
+def _per_image(row: dict) -> str:
+    """A methods-table cell: each image's own GFLOPs, mean [min, max] (``-`` where every image
+    keeps the same token count)."""
+    if "gflops_image_mean" not in row:
+        return "-"
+    return (f"{row['gflops_image_mean']:.4f} [{row['gflops_image_min']:.4f}, "
+            f"{row['gflops_image_max']:.4f}]")
+
+
 @TABLES.register("methods-compare")
 def methods_compare(ctx: Ctx, *files: str) -> str:
     """``benchmarks/paired_sweep.py --json`` files, one per FLOP budget, each method against the
@@ -538,7 +547,7 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
     tests, adjusted = _holm(per_file)
     specs: dict[str, Any] = {}
     speed = _speeds(ctx, speed_files)
-    out, seeds = [], collections.defaultdict(list)
+    out, seeds, per_image = [], collections.defaultdict(list), []
     for rows in per_file:
         ref = rows[0]
         model = ref["model"]
@@ -547,6 +556,7 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
             method = results.setting_method(row["setting"])
             shape = w.get("schedule", "constant")
             budget = f"{_budget(row):.4f}" if _budget(row) else "-"
+            per_image.append(_per_image(row))
             if "refused" in row:  # the method cannot run on this model: say why
                 out.append([budget, f"`{method}`", shape, "-", "-", "-", "-", "-", "-", "-",
                             "-", "refused: " + row["refused"].split(";")[0]])
@@ -565,7 +575,8 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
             tried = ("" if "tuned_values" not in row else " (val: " + ", ".join(
                 f"{v} {t:.1f}" if t is not None else f"{v} refused"
                 for v, t in zip(row["tuned_values"], row["val_top1"], strict=True)) + ")")
-            cells = [budget, f"`{method}`" + (" (reference)" if i == 0 else "") + tried,
+            avg = " (avg)" if "gflops_image_mean" in row else ""  # counts differ per image
+            cells = [budget, f"`{method}`" + avg + (" (reference)" if i == 0 else "") + tried,
                      shape + (f" r={r[0]}" if len(set(r)) == 1 else
                               " r=" + ",".join(map(str, r))),
                      f"{row['gflops']:.4f}", gap, f"{ips:.0f}" if ips else "-",
@@ -588,13 +599,21 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
     n = ", ".join(map(str, sorted({row["n_images"] for rows in per_file for row in rows
                                    if "n_images" in row})))
     ref = per_file[0][0]
-    return (_md(["budget (GFLOPs)", "method", "schedule", "GFLOPs", "vs budget", "img/s",
-                 "top-1 [95% CI]", "reference - this [95% paired CI]", "McNemar p", "Holm p",
-                 "verdict"], out)
+    header = ["budget (GFLOPs)", "method", "schedule", "GFLOPs", "vs budget", "img/s",
+              "top-1 [95% CI]", "reference - this [95% paired CI]", "McNemar p", "Holm p",
+              "verdict"]
+    averaged = ""
+    if any(c != "-" for c in per_image):  # a column only where some image count varies
+        header.insert(4, "per-image GFLOPs mean [min, max]")
+        out = [cells[:4] + [c] + cells[4:] for cells, c in zip(out, per_image, strict=True)]
+        averaged = ("; (avg): each image keeps its own token count, so the top-1 and the "
+                    "per-image GFLOPs are averages over the images, and GFLOPs and vs budget "
+                    "are the padded batch's cap")
+    return (_md(header, out)
             + f"\n\n({n} test images; {ref['model']} on {ref['data']}; Holm over the "
             f"{len(tests)} comparisons of this table (rows refused or more than "
             f"{100 * OVER_BUDGET:.0f}% over their budget left out)"
-            + (f"; stochastic methods' spread: {spread}" if spread else "") + ") "
+            + (f"; stochastic methods' spread: {spread}" if spread else "") + averaged + ") "
             + ctx.source(*files, *speed_files))
 
 
