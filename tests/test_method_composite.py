@@ -233,3 +233,39 @@ def test_composite_refuses_bad_options():
         tome_lab.apply_tome(m, matching="composite", pair=[[1, 0]] * 3)
     # the largest allowed: prune 15 of 16 in block 0
     tome_lab.apply_tome(copy.deepcopy(m), matching="composite", pairs=[[15, 0], [0, 0], [0, 0]])
+
+
+def test_pairs_pareto_file_runs_in_evaluate_ablate_and_apply_tome(tmp_path, capsys):
+    """A Pareto file of (p, m) pairs (the learned-rate search's output form): evaluate runs
+    its first entry or --entry i, ablate all of them, apply_tome each from load_front."""
+    import json
+
+    from tome_lab import ablate, evaluate
+    from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig
+    from tome_lab.flops import analytic_gflops
+    from tome_lab.models import create_model
+    from tome_lab.search.frontier import load_front, write_pairs_yaml
+
+    exp = ExperimentConfig(data=DataConfig(limit=8, batch_size=8),
+                           eval=EvalConfig(speed=False, threads=1))
+    cheap, dear = [[2, 2]] * 12, [[1, 2]] * 12
+    path = write_pairs_yaml(tmp_path / "front.yaml", exp,
+                            [{"pairs": dear, "gflops": 2.0, "top1_val": 90.0},
+                             {"pairs": cheap, "gflops": 1.0, "top1_val": 80.0}], "test front")
+    entries = load_front(path)
+    assert [e["pairs"] for e in entries] == [cheap, dear]  # cheapest first
+    assert all(e["matching"] == "composite" and e["schedule"] == "pairs" for e in entries)
+    model = create_model(exp.model)
+    st = tome_lab.tome_state(tome_lab.apply_tome(model, **entries[1]))
+    assert st.r == [3] * 12
+    assert evaluate.main(["--config", str(path), "--entry", "1", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["tokens"] == tokens_per_layer(st.spec, st.r) and got["matching"] == "composite"
+    assert got["gflops"] == pytest.approx(analytic_gflops(st.spec, st.r), rel=1e-9)
+    assert evaluate.main(["--config", str(path), "--entry", "2"]) == 2
+    assert "the sweep has 2 point(s), 0 to 1" in capsys.readouterr().err
+    assert ablate.main(["--config", str(path), "--out", str(tmp_path / "run"),
+                        "--progress", "false"]) == 0
+    rows = [json.loads((d / "result.json").read_text())["metrics"]
+            for d in sorted((tmp_path / "run").glob("pairs=*"))]
+    assert sorted(r["tokens"][-1] for r in rows) == [66 - 48, 66 - 36]

@@ -70,8 +70,14 @@ def check_plugin_options(tome: Any) -> None:
 
     tiny = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
                              patch_size=8, depth=1, embed_dim=32, num_heads=2).eval()
-    # only the schedule is swapped (it was checked on the real model); the rest as given
-    probe = dataclasses.replace(tome, r=2, schedule="constant", options=tome.matching_options())
+    from tome_lab.registry import MATCHING
+
+    # only the schedule is swapped (it was checked on the real model), and with it a matcher's
+    # option that fixes every block's count (composite's pairs, one per real block); the rest
+    # as given
+    own = getattr(MATCHING.get(tome.matching), "schedule_option", None)
+    options = {k: v for k, v in tome.matching_options().items() if k != own}
+    probe = dataclasses.replace(tome, r=2, schedule="constant", options=options)
     apply_config(tiny, probe)
     with torch.no_grad():
         tiny(torch.randn(1, 3, 32, 32))

@@ -4,13 +4,21 @@ The Pareto-optimal schedules and the baselines are re-scored on ``search.test_sp
 (``<out>/<study>-test/``); ``<out>/<study>-pareto.yaml`` is an ablation file of the Pareto
 schedules (``python -m tome_lab.ablate --config``) whose ``tome.r`` is a plain per-layer list
 for ``apply_tome(model, r=...)``. Dominance is :func:`tome_lab.stats.pareto_set`'s.
+
+The same form carries (p, m) pairs (:func:`write_pairs_yaml`, written by the learned-rate
+search :mod:`tome_lab.search.diffrate`): ``tome.matching: composite`` with
+``tome.options.pairs`` the first entry's pairs, one ``[p, m]`` per block (prune p, then merge
+m), and the sweep word ``pairs=...`` listing every entry. ``python -m tome_lab.evaluate
+--config FILE`` runs the first entry (``--entry i`` the i-th), ``python -m tome_lab.ablate
+--config FILE`` all of them, and :func:`load_front` gives each entry's ``apply_tome`` keywords
+(``apply_tome(model, **entry)``), whichever form the file has.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +213,69 @@ def format_report(summary: Mapping[str, Any], scfg: SearchConfig) -> str:
             f"Pareto schedules ({len(rows)}):\n{frame.to_string(index=False, **fmt)}\n\n"
             f"Baselines:\n{base.to_string(index=False, **fmt)}\n\n"
             f"pareto.yaml: {summary['pareto_yaml']}")
+
+
+def write_pairs_yaml(path: str | Path, exp: ExperimentConfig,
+                     entries: Sequence[Mapping[str, Any]], title: str) -> Path:
+    """An ablation file of (p, m)-pair entries, cheapest first, in the Pareto file's form.
+
+    Args:
+        path: where to write it.
+        exp: the base configuration (model, data, eval); its ToMe section becomes the
+            composite reduction with the first entry's pairs.
+        entries: each with ``pairs`` (one [p, m] per block) and ``gflops``; any ``top1_*``
+            value is listed in the header.
+        title: the header's description of where the entries come from.
+    """
+    path = Path(path)
+    if not entries:
+        raise ValueError("no entries to write")
+    entries = sorted(entries, key=lambda e: e["gflops"])
+    pairs = [[[int(p), int(m)] for p, m in e["pairs"]] for e in entries]
+    tome = replace(exp.tome, matching="composite", schedule="constant",
+                   options={**exp.tome.options, "pairs": pairs[0]})
+    d = to_dict(replace(exp, tome=tome))  # validated: ToMeConfig implies schedule 'pairs'
+
+    def text(v: Sequence[Sequence[int]]) -> str:
+        return "[" + ",".join(f"[{p},{m}]" for p, m in v) + "]"
+
+    d["sweep"] = ["pairs=" + ",".join(text(v) for v in pairs)]
+    accs = sorted({k for e in entries for k in e if k.startswith("top1_")})
+    lines = [f"# python -m tome_lab.ablate --config {path}",
+             f"# {title}; cheapest first; tome.options.pairs is the first, for "
+             f"apply_tome(model, matching='composite', pairs=...).",
+             "# gflops  " + "  ".join(accs) + ("  " if accs else "") + "pairs [p, m] per block"]
+    for e, v in zip(entries, pairs, strict=True):
+        vals = "  ".join(f"{e.get(a)}" for a in accs)
+        lines.append(f"# {e['gflops']:.4f}  {vals}{'  ' if accs else ''}{text(v)}")
+    results.write_text_atomic(path, "\n".join(lines) + "\n" + yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def load_front(path: str | Path) -> list[dict[str, Any]]:
+    """The ``apply_tome`` keywords of every entry of a Pareto file (schedules or pairs), in
+    the file's order: ``apply_tome(model, **entry)`` applies it.
+
+    Raises:
+        ValueError: the file is not an ablation file of valid ToMe settings.
+    """
+    from tome_lab.config import ToMeConfig
+    from tome_lab.sweep import expand
+
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: not an ablation file (a YAML mapping)")
+    words = list(data.pop("sweep", None) or [])
+    defaults = ToMeConfig()
+    out = []
+    for point in expand(words, data):
+        tome = point.config.tome
+        entry: dict[str, Any] = {"r": list(tome.r) if isinstance(tome.r, tuple) else tome.r,
+                                 "matching": tome.matching, "schedule": tome.schedule}
+        for name in ("prop_attn", "distance", "feature", "head_agg", "combine", "partition",
+                     "attn_impl"):
+            if getattr(tome, name) != getattr(defaults, name):
+                entry[name] = getattr(tome, name)
+        entry.update(tome.options)
+        out.append(entry)
+    return out
