@@ -339,3 +339,27 @@ def test_methods_table_marks_averages_and_adds_the_per_image_column(tmp_path):
     assert "| 0.0800 | - |" in lines["`matching=pruning`"]
     assert "per-image GFLOPs mean [min, max]" in with_ats
     assert "top-1 and the per-image GFLOPs are averages over the images" in with_ats
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_evaluate_adds_per_image_columns_for_ats_only(compile):
+    """``evaluate`` on synthetic images with random weights: ats's result carries each
+    image's GFLOPs (mean, spread, at most the padded cap) and tokens, eager or compiled
+    (counted in an eager pass); bipartite's does not."""
+    from tome_lab.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, ToMeConfig
+    from tome_lab.evaluate import evaluate
+
+    def run(matching):
+        return evaluate(ExperimentConfig(
+            model=ModelConfig(pretrained=False),
+            data=DataConfig(name="synthetic", limit=8, batch_size=4),
+            tome=ToMeConfig(r=4, matching=matching),
+            eval=EvalConfig(speed=False, threads=1, compile=compile, compile_backend="eager")))
+
+    out = run("ats")
+    assert out["n_images"] == 8
+    assert out["gflops_image_min"] <= out["gflops_image_mean"] <= out["gflops_image_max"]
+    assert out["gflops_image_max"] <= out["gflops"] * (1 + 1e-9)
+    assert out["tokens_image_max"] <= out["tokens"][-1] and out["gflops_image_std"] >= 0
+    if not compile:
+        assert not any(k.startswith(("gflops_image", "tokens_image")) for k in run("bipartite"))
