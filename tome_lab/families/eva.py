@@ -209,25 +209,32 @@ def rope_coords(rope: nn.Module, position: Tensor, grid: tuple[int, int]) -> Ten
     return torch.stack(out, dim=-1)
 
 
-def rope_at(rope: nn.Module, table: Tensor, position: Tensor, grid: tuple[int, int]) -> Tensor:
-    """[B, M, 2 * dim] the concatenated (sin, cos) rotary embedding of tokens at ``position``
-    ([B, M, 2] (row, col)): timm's own ``table`` row ([N0, 2 * dim], ``rope.get_embed()``) where
-    the position is a grid point, the same function at the fractional coordinate elsewhere."""
-    rows, cols = grid
-    dtype = torch.promote_types(table.dtype, torch.float32)
-    pos = position.to(dtype)
-    coords = rope_coords(rope, pos, grid)  # (B, M, 2)
-    angles = (coords.unsqueeze(-1) * rope.bands.to(dtype)).flatten(-2)  # (B, M, dim / 2)
+def rope_embed(rope: nn.Module, position: Tensor, grid: tuple[int, int], dtype: torch.dtype
+               ) -> Tensor:
+    """[..., 2 * dim] the concatenated (sin, cos) rotary embedding at ``position`` ([..., 2]
+    (row, col), possibly fractional) in ``dtype``: timm's ``build_rotary_pos_embed`` for one
+    point (coordinates times the frequency bands, then its interleaved or half layout)."""
+    coords = rope_coords(rope, position.to(dtype), grid)  # (..., 2)
+    angles = (coords.unsqueeze(-1) * rope.bands.to(dtype)).flatten(-2)  # (..., dim / 2)
     sin, cos = angles.sin(), angles.cos()
     if rope.rotate_half:  # timm's _rope_layout: [f0, f1, .., f0, f1, ..]
         sin, cos = torch.cat([sin, sin], -1), torch.cat([cos, cos], -1)
     else:  # [f0, f0, f1, f1, ..]
         sin, cos = sin.repeat_interleave(2, -1), cos.repeat_interleave(2, -1)
-    computed = torch.cat([sin, cos], -1).to(table.dtype)  # (B, M, 2 * dim)
-    rounded = pos.round()
-    on_grid = (pos == rounded).all(-1, keepdim=True)  # (B, M, 1)
+    return torch.cat([sin, cos], -1)
+
+
+def rope_at(rope: nn.Module, table: Tensor, position: Tensor, grid: tuple[int, int]) -> Tensor:
+    """[B, M, 2 * dim] the rotary embedding of tokens at ``position`` ([B, M, 2] (row, col)):
+    timm's own ``table`` row ([N0, 2 * dim], ``rope.get_embed()``) where the position is a grid
+    point, :func:`rope_embed` at the fractional coordinate elsewhere (in the model's precision,
+    at least float32)."""
+    rows, cols = grid
+    computed = rope_embed(rope, position, grid, torch.promote_types(table.dtype, torch.float32))
+    rounded = position.round()
+    on_grid = (position == rounded).all(-1, keepdim=True)  # (B, M, 1)
     idx = (rounded[..., 0].clamp(0, rows - 1) * cols + rounded[..., 1].clamp(0, cols - 1)).long()
-    return torch.where(on_grid, table[idx], computed)
+    return torch.where(on_grid, table[idx], computed.to(table.dtype))
 
 
 def _rotate(x: Tensor, emb: Tensor, num_prefix: int, half: bool) -> Tensor:
@@ -440,4 +447,4 @@ class EvaFamily(Family):
 
 FAMILIES.register("eva")(EvaFamily())
 
-__all__ = ["EvaFamily", "eva_spec", "rope_at", "rope_coords"]
+__all__ = ["EvaFamily", "eva_spec", "rope_at", "rope_coords", "rope_embed"]
