@@ -163,12 +163,13 @@ def test_padding_gets_no_score_and_is_never_sampled():
     assert 3.0 not in kept and 5.0 not in kept and out_size.sum() == 5
 
 
-def test_batch_equals_each_image_alone():
+@pytest.mark.parametrize("attn_impl", ["mask", "bias_channel", "flex"])
+def test_batch_equals_each_image_alone(attn_impl):
     """Images of one batch keep different counts; each one's logits are those it gets alone
-    (the padding of the others changes nothing)."""
+    (the padding of the others changes nothing), whichever attention core adds log 0."""
     m, images = _sharp_model("deit_t")
     images = torch.cat([images, images.flip(-1)])
-    tome_lab.apply_tome(m, r=8, matching="ats")
+    tome_lab.apply_tome(m, r=8, matching="ats", attn_impl=attn_impl)
     with torch.no_grad():
         together = m(images)
         counts = image_tokens(m, len(images))
