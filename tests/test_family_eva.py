@@ -399,11 +399,16 @@ ZOO = [*({"matching": n} for n in MATCHING.names()), *_knobs()]
 def test_zoo(options, rule):
     """Every matcher and knob runs with rotary positions tracked (sizes, sources and positions
     consistent), or is refused at configuration: matchers that create tokens (a new token has
-    no position to rotate at)."""
+    no position to rotate at), and the keep rule with a matcher whose groups have no
+    destination."""
     m, x = _model("rope_vit", torch.float32)
     caps = capabilities(MATCHING.get(options.get("matching", "bipartite")))
     spec = tome_lab.vit_spec(m)
     p, n0, rs = spec.num_prefix, spec.num_tokens, [6, 3, 8]
+    if rule == "keep" and "keep" not in caps.uses:  # no destination to take the place of
+        with pytest.raises(ValueError, match="position_rule='keep' needs a matcher"):
+            tome_lab.apply_tome(m, r=rs, position_rule=rule, **options)
+        return
     if caps.reduction == "create":
         with pytest.raises(ValueError, match="creates tokens"):
             tome_lab.apply_tome(m, r=rs, position_rule=rule, **options)
