@@ -1,0 +1,130 @@
+"""The learned-rate search (DiffRate-style, tome_lab.search.diffrate) on a tiny model: the
+relaxed forward's endpoints equal the real model (no reduction) and the composite reduction (a
+one-hot rate in one block), the loss falls, the FLOP target is met, seeds reproduce, and the
+export is a Pareto file the composite runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_vit
+
+import tome_lab
+from tome_lab.search import diffrate
+from tome_lab.search.diffrate import DiffRateConfig, Rates, learn, relaxed_forward
+
+
+def _one_hot(rates, block_keep=None, block_merge=None):
+    """Rates at "keep all, merge none" everywhere, except a one-hot candidate where given
+    ((block, candidate index))."""
+    with torch.no_grad():
+        rates.prune_logits.fill_(-1e4)
+        rates.merge_logits.fill_(-1e4)
+        rates.prune_logits[:, 0] = 0.0
+        rates.merge_logits[:, 0] = 0.0
+        for logits, pick in ((rates.prune_logits, block_keep), (rates.merge_logits, block_merge)):
+            if pick is not None:
+                logits[pick[0]].fill_(-1e4)
+                logits[pick[0], pick[1]] = 0.0
+    return rates
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "vit_medium_patch16_gap_256"])
+def test_relaxed_forward_endpoints(name):
+    """No reduction: the model itself. A one-hot prune (or merge) of 4 tokens in block 0: the
+    composite reduction with pairs [[4, 0], ...] (or [[0, 4], ...]); pruned tokens stay in the
+    relaxed sequence with size 1e-12 (log size -27.6), so equal to 1e-6."""
+    m = tiny_vit(name, depth=3).eval()
+    spec = tome_lab.vit_spec(m)
+    x = torch.randn(2, 3, 64, 64)
+    m0 = spec.num_tokens - spec.num_prefix
+    rates = Rates(spec.depth, m0, grid=4)
+    with torch.no_grad():
+        got, counts = relaxed_forward(m, _one_hot(rates), x, spec)
+        torch.testing.assert_close(got, m(x), rtol=1e-5, atol=1e-6)
+        assert counts[:, 0].tolist() == [spec.num_tokens] * 3
+        for pick, pairs in (("keep", [[4, 0], [0, 0], [0, 0]]),
+                            ("merge", [[0, 4], [0, 0], [0, 0]])):
+            kw = {"block_keep": (0, 1)} if pick == "keep" else {"block_merge": (0, 1)}
+            got, counts = relaxed_forward(m, _one_hot(rates, **kw), x, spec)
+            hard = tome_lab.apply_tome(copy.deepcopy(m), matching="composite", pairs=pairs)
+            torch.testing.assert_close(got, hard(x), rtol=1e-5, atol=1e-6)
+            assert counts[:, 2].tolist() == pytest.approx([spec.num_tokens - 4] * 3)
+
+
+def _data(m, n_batches=4, seed=0):
+    """Random images labelled by the unreduced model itself: reducing can only cost."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        x = torch.randn(8, 3, 64, 64, generator=g)
+        with torch.no_grad():
+            batches.append((x, m(x).argmax(-1)))
+    return batches
+
+
+def _learn(seed, steps):
+    m = tiny_vit(depth=3).eval()
+    spec = tome_lab.vit_spec(m)
+    target = tome_lab.analytic_gflops(spec, [0] * 3) / 1.5
+    cfg = DiffRateConfig(gflops=target, steps=steps, batch_size=8, lr=0.1, lam=20.0, grid=1,
+                         seed=seed, threads=1)
+    return learn(m, _data(m), cfg), target, spec
+
+
+def test_learn_meets_the_target_and_seeds_reproduce():
+    got, target, spec = _learn(0, steps=30)
+    # the loss falls (task + penalty; the start is about 10% above the target) ...
+    total = [t + 20.0 * e ** 2 for t, e in zip(got["losses"], got["flop_errors"], strict=True)]
+    assert got["flop_errors"][0] > 0.05 and sum(total[-5:]) / 5 < total[0] - 0.1
+    # ... the relaxation ends within 5% of the target (last 5 steps' mean within 3%) ...
+    assert abs(got["expected_gflops"] - target) / target < 0.05
+    assert abs(sum(got["flop_errors"][-5:]) / 5) < 0.03
+    # ... and the exported pairs at most the target, one token's step from it
+    assert got["gflops"] <= target and got["gflops"] > 0.97 * target
+    assert got["gflops"] == pytest.approx(diffrate.pairs_gflops(spec, got["pairs"]), rel=1e-12)
+    m = tome_lab.apply_tome(tiny_vit(depth=3), matching="composite", pairs=got["pairs"])
+    assert tome_lab.count_flops(m, (3, 64, 64)) == pytest.approx(got["gflops"], rel=1e-9)
+    again, _, _ = _learn(0, steps=30)  # the same seed: the same steps and pairs
+    assert again["losses"] == got["losses"] and again["pairs"] == got["pairs"]
+    other, _, _ = _learn(1, steps=3)
+    assert other["flop_errors"] != got["flop_errors"][:3]
+
+
+def test_round_pairs_repairs_to_the_target():
+    m = tiny_vit(depth=3).eval()
+    spec = tome_lab.vit_spec(m)
+    counts = torch.tensor([[17.0, 15.4, 12.6], [12.6, 12.6, 10.2], [10.2, 9.0, 9.0]])
+    target = 0.0040
+    pairs, steps = diffrate.round_pairs(spec, counts, target)
+    g = diffrate.pairs_gflops(spec, pairs)
+    assert g <= target and steps >= 0
+    for i in range(3):  # giving back any one token would exceed the target (or is infeasible)
+        for j in (0, 1):
+            if pairs[i][j] > 0:
+                back = [list(v) for v in pairs]
+                back[i][j] -= 1
+                assert (not diffrate._feasible(spec, back)
+                        or diffrate.pairs_gflops(spec, back) > target
+                        or diffrate.pairs_gflops(spec, back) <= g)
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="diffrate gflops must be a number > 0, got -1"):
+        DiffRateConfig(gflops=-1)
+    with pytest.raises(ValueError, match="diffrate steps must be an int >= 1, got 0"):
+        DiffRateConfig(gflops=1.0, steps=0)
+
+
+def test_command_line_writes_a_pareto_file(tmp_path, monkeypatch):
+    """The CLI end to end on vit_digits for 2 steps, scoring skipped; its pareto.yaml runs."""
+    from tome_lab.search.frontier import load_front
+
+    assert diffrate.main(["--model", "vit_digits", "--data", "mnist5k", "--divide", "1.5",
+                          "--steps", "2", "--batch-size", "4", "--no-score",
+                          "--out", str(tmp_path)]) == 0
+    (entry,) = load_front(tmp_path / "pareto.yaml")
+    assert entry["matching"] == "composite" and len(entry["pairs"]) == 12
+    assert diffrate.main(["--divide", "2", "--gflops", "0.1", "--out", str(tmp_path)]) == 2
