@@ -19,7 +19,6 @@ import pytest
 import timm
 import torch
 
-
 REQUIRE_EXTRAS = "TOME_LAB_REQUIRE_EXTRAS"  # 1 in .ci/run and make test: a missing extra fails
 
 

@@ -191,12 +191,13 @@ def test_average_pool_ignores_padding():
     torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-11)
 
 
-def test_plain_attention_is_caught_in_a_later_block():
-    """prop_attn=False would attend to the padding: the next ATS block raises."""
-    m, images = _sharp_model("deit_t")
-    tome_lab.apply_tome(m, r=8, matching="ats", prop_attn=False)
-    with pytest.raises(RuntimeError, match="use prop_attn=True"), torch.no_grad():
-        m(images)
+def test_plain_attention_is_refused_at_patch_time():
+    """prop_attn=False would attend to the padding: the configuration refuses it."""
+    m, _ = _sharp_model("deit_t")
+    with pytest.raises(ValueError, match="use prop_attn=True"):
+        tome_lab.apply_tome(m, r=8, matching="ats", prop_attn=False)
+    with pytest.raises(ValueError, match="pads its batches"):
+        tome_lab.ToMeConfig(matching="ats", prop_attn=False)
 
 
 def test_ats_capabilities():

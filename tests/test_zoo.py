@@ -201,9 +201,9 @@ def test_incompatible_choices_fail_at_configuration(kwargs, match):
 
 def test_pruning_attention_keeps_attended_tokens():
     """With the class token attending only to patch 7, pruning keeps patch 7."""
+    from tome_lab.engine import attention_stats as _attention_stats
     from tome_lab.matching import MatchContext
     from tome_lab.matching.pruning import pruning
-    from tome_lab.engine import attention_stats as _attention_stats
 
     b, h, n, d = 1, 2, 9, 4
     q = torch.zeros(b, h, n, d)

@@ -1,4 +1,6 @@
-"""tome_lab: a research framework for Token Merging (Bolya et al., ICLR 2023) on Vision Transformers (timm, Hugging Face, open_clip).
+"""tome_lab: a research framework for Token Merging (Bolya et al., ICLR 2023) on ViTs.
+
+Model families: timm, Hugging Face transformers and open_clip (``tome_lab.engine``).
 
 Importing the package imports nothing heavy: the names below load on first use (PEP 562), and
 each registry imports its plug-in packages on its first lookup (:mod:`tome_lab.registry`), so
@@ -12,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tome_lab.config import ToMeConfig
-    from tome_lab.flops import analytic_gflops, count_flops
     from tome_lab.engine import apply_config, apply_tome, remove_tome, tome_state, vit_spec
+    from tome_lab.flops import analytic_gflops, count_flops
 
 # public name -> the module that defines it
 _EXPORTS = {"ToMeConfig": "tome_lab.config", "analytic_gflops": "tome_lab.flops",

@@ -127,6 +127,11 @@ class ToMeConfig:
                 f"position_rule='keep' needs a matcher whose merged tokens have a destination "
                 f"to take the position of; matching {self.matching!r} has none (use 'mean')")
         self._check_knobs(caps.uses)
+        if getattr(MATCHING.get(self.matching), "pads", False) and not self.prop_attn:
+            raise ValueError(
+                f"matching {self.matching!r} pads its batches with size-0 tokens that only "
+                f"proportional attention masks; prop_attn=False would attend to them "
+                f"(use prop_attn=True)")
         if self.trace_source and not caps.sources:
             raise ValueError(
                 f"trace_source=True cannot go with matching={self.matching!r}: its output "

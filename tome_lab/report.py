@@ -164,8 +164,8 @@ def flops_paper(ctx: Ctx) -> str:
     import timm
     import torch
 
-    from tome_lab.flops import analytic_gflops
     from tome_lab.engine import vit_spec
+    from tome_lab.flops import analytic_gflops
 
     rows = []
     for name, table in PAPER_GFLOPS.items():

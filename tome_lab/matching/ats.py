@@ -58,11 +58,10 @@ Where tome_lab chose or deviated:
   rows excluded), from the full attention matrix (the engine's ``received`` statistic would
   average over padding queries too). Such results are ATS-style, not ATS, as for ``evit`` and
   ``ppt``.
-- **prop_attn=False is wrong for ATS**: plain attention adds no mask, so the padding keys would
-  be attended. The engine gives a plug-in no way to refuse it at patch time (``check_options``
-  sees only the plug-in's options); each later ATS block checks that padding receives exactly
-  zero attention and raises (``torch._assert_async``, a RuntimeError at the forward) otherwise.
-  A schedule with a single reducing block is not caught: use ``prop_attn=True``.
+- **prop_attn=False is refused**: plain attention adds no mask, so the padding keys would be
+  attended. ``ToMeConfig`` refuses ``prop_attn=False`` for a plug-in that declares
+  ``pads = True`` (a ``ValueError`` at configuration time); each later ATS block also checks
+  that padding receives exactly zero attention (``torch._assert_async``).
 - **The combine knob is refused** (a dropped token has no destination); the metric knobs too.
 - **Gradients**: the scores and the sampling come from the engine's statistics (no gradient);
   the paper's differentiable training path is not reproduced (tome_lab is training-free here).

@@ -25,8 +25,8 @@ def model_spec(exp: ExperimentConfig) -> ViTSpec:
 
 @functools.lru_cache(maxsize=4)
 def _model_spec(model: Any) -> ViTSpec:
-    from tome_lab.models import create_model
     from tome_lab.engine import vit_spec
+    from tome_lab.models import create_model
 
     return vit_spec(create_model(model))
 
