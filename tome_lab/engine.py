@@ -271,8 +271,10 @@ def reduce(plan: BlockPlan, tome: ForwardState, x_in: Tensor, x: Tensor, q: Tens
             written (sizes, mask, sources, positions) and the tokens leaving counted.
         x_in: [B, N, C] the block's input (for ``feature="x"``).
         x: [B, N, C] the tokens after the attention residual.
-        q, k, v: [B, H, N, d] the block's per-head queries, keys and values (after any
-            q/k norm and rotary embedding the family applies).
+        q: [B, H, N, d] the block's per-head queries (after any q norm and rotary embedding
+            the family applies).
+        k: [B, H, N, d] its keys, likewise.
+        v: [B, H, N, d] its values.
 
     Returns:
         [B, N - r', C] the merged tokens (r' the clamped r).
