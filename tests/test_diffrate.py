@@ -37,6 +37,10 @@ def test_relaxed_forward_endpoints(name):
     composite reduction with pairs [[4, 0], ...] (or [[0, 4], ...]); pruned tokens stay in the
     relaxed sequence with size 1e-12 (log size -27.6), so equal to 1e-6."""
     m = tiny_vit(name, depth=3).eval()
+    with torch.no_grad():  # LayerScale's 1e-6 start would hide the attention branch
+        for prm_name, prm in m.named_parameters():
+            if prm_name.endswith("gamma"):
+                prm.uniform_(0.5, 1.5)
     spec = tome_lab.vit_spec(m)
     x = torch.randn(2, 3, 64, 64)
     m0 = spec.num_tokens - spec.num_prefix
