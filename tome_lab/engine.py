@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tome_lab.config import ToMeConfig
 from tome_lab.flops import ViTSpec
 from tome_lab.matching import AttentionStats, MatchContext, capabilities
-from tome_lab.merge import clamp_r, max_r, merge_source, merge_wavg
+from tome_lab.merge import clamp_r, max_r, merge_source
 from tome_lab.registry import (
     ATTENTION,
     ATTN_IMPL,
@@ -261,6 +261,21 @@ def _metric(plan: BlockPlan, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tens
     return feat.mean(1) if plan.head_mean else feat.transpose(1, 2).flatten(2)
 
 
+def _mean_position(merge: Callable[..., Tensor], position: Tensor, size: Tensor | None
+                   ) -> Tensor:
+    """[B, N - r, 2] the size-weighted mean of the positions each output token holds (the
+    ``mean`` rule): plain sums through ``merge``, not the matcher's own fusion (``merge.wavg``:
+    EViT's and MCTF's attention weights, ToFu's norm-rescaled MLERP), which would move a
+    position off its patches. A padded row of size 0 (ATS) gets 0 rather than 0 / 0."""
+    if size is None:
+        size = position.new_ones(position.shape[0], position.shape[1], 1)
+    dtype = torch.promote_types(position.dtype, size.dtype)
+    w = size.to(dtype)
+    total = merge(position.to(dtype) * w, mode="sum")
+    weight = merge(w, mode="sum")
+    return total / weight.clamp(min=torch.finfo(dtype).tiny)
+
+
 def reduce(plan: BlockPlan, tome: ForwardState, x_in: Tensor, x: Tensor, q: Tensor,
            k: Tensor, v: Tensor) -> Tensor:
     """The block's merge, between its attention residual and its MLP.
@@ -303,7 +318,7 @@ def reduce(plan: BlockPlan, tome: ForwardState, x_in: Tensor, x: Tensor, q: Tens
             elif plan.position_rule == "keep":
                 position = merge(position, mode="keep")
             else:
-                position = merge_wavg(merge, position, size)[0]
+                position = _mean_position(merge, position, size)
         x, size = plan.combine(merge, x, size)
         mask = plan.mask(size)
         del ctx, metric, merge, stats
