@@ -1,6 +1,7 @@
 """Where a merged token sits for its rotary embedding: ``position_rule`` mean against keep.
 
-Run from the repository root (about 8 minutes on one CPU thread; ``--smoke`` in seconds)::
+Run from the repository root (about 20 minutes on one CPU thread, the training 15 of them;
+``--smoke`` in about a minute)::
 
     nice .venv/bin/python benchmarks/rope_rule.py --threads 1
     .venv/bin/python benchmarks/rope_rule.py --smoke --out runs/rope_rule_smoke.json
