@@ -437,6 +437,25 @@ def test_methods_compare_reads_schedules_budgets_and_speeds_from_files(tmp_path)
     assert "Holm over the 1 comparisons" in table
 
 
+def test_methods_compare_holds_a_padded_row_to_its_per_image_mean(tmp_path):
+    """An ATS row (images keep their own token counts) competes on its mean per-image GFLOPs:
+    a padded cap 60% over the budget with a per-image mean 1% under it gets a verdict, and the
+    val candidates show their per-image GFLOPs."""
+    per_image = {"gflops_image_mean": 0.099, "gflops_image_std": 0.01,
+                 "gflops_image_min": 0.08, "gflops_image_max": 0.12}
+    rows = [_methods_row("matching=bipartite schedule=constant_flops gflops=0.1", budget=0.1,
+                         r=[4, 4]),
+            _methods_row("matching=ats schedule=list r=[0,9]", 0.001, 5.0, gflops=0.16,
+                         budget=0.1, r=[0, 9], **per_image, tuned_option="schedule",
+                         tuned_values=["from 1 cap 9"], val_gflops_image=[0.1012],
+                         val_top1=[88.0])]
+    table = report.methods_compare(_methods_ctx(tmp_path, x=rows), "x.jsonl")
+    line = next(ln for ln in table.splitlines() if "matching=ats" in ln)
+    assert "(val: from 1 cap 9 (0.1012 GFLOPs) 88.0)" in line
+    assert "| 0.1600 | 0.0990 [0.0800, 0.1200] | -1.0% |" in line
+    assert line.endswith("| 0.001 | reference better |")
+
+
 def test_methods_summary_counts_verdicts_per_task_and_way(tmp_path):
     """Per file: better / worse / not distinguishable after Holm within the task and way's
     files (p 0.001 and 0.02 over two tests: 0.002 and 0.02, both below 0.05), and the way read
