@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/diffrate_vs_search.py [runs/diffrate_cmp]
 
 One row per finished job: method (``optuna``: the search's best bipartite schedule by val
-top-1 under the budget; ``diffrate``: the learned pairs), budget, seed, the exported setting's
+top-1 under the budget; ``diffrate``: the learned pairs, soft masks; ``diffrate-hard``: with
+straight-through hard masks), budget, seed, the exported setting's
 exact GFLOPs, val and test top-1, and the job's wall time on the shared machine (``wall_s``:
 the whole command, scoring included; ``learn_s``: the learned rates' optimisation alone).
 Then prints mean, sample standard deviation and range per method and budget.
@@ -38,8 +39,8 @@ def _optuna(folder: Path, b: str, seed: int) -> dict | None:
     return {**best, "pareto_size": len(rows)}
 
 
-def _diffrate(folder: Path, b: str, seed: int) -> dict | None:
-    path = folder / f"diffrate_dots_{b}_s{seed}" / "record.json"
+def _diffrate(folder: Path, b: str, seed: int, kind: str = "diffrate") -> dict | None:
+    path = folder / f"{kind}_dots_{b}_s{seed}" / "record.json"
     if not path.is_file():
         return None
     rec = json.loads(path.read_text())
@@ -58,7 +59,11 @@ def main(argv: list[str]) -> int:
             label, secs = line.split()
             walls[label] = round(float(secs), 1)
     rows = []
-    for method, read in (("optuna", _optuna), ("diffrate", _diffrate)):
+    def hard(folder: Path, b: str, seed: int) -> dict | None:
+        return _diffrate(folder, b, seed, "diffrate_hard")
+
+    methods = (("optuna", _optuna), ("diffrate", _diffrate), ("diffrate-hard", hard))
+    for method, read in methods:
         for b, budget in BUDGETS.items():
             for seed in (0, 1, 2):
                 got = read(folder, b, seed)
@@ -70,7 +75,7 @@ def main(argv: list[str]) -> int:
     out = ROOT / "benchmarks" / "diffrate_vs_search.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"{len(rows)} rows -> {out.relative_to(ROOT)}")
-    for method in ("optuna", "diffrate"):
+    for method, _ in methods:
         for b in BUDGETS:
             sel = [r for r in rows if r["method"] == method and r["budget"] == b]
             if not sel:
@@ -82,7 +87,7 @@ def main(argv: list[str]) -> int:
                     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                     parts.append(f"{key} {statistics.mean(vals):.4g} +- {sd:.2g} "
                                  f"[{min(vals):.4g}, {max(vals):.4g}]")
-            print(f"{method:8s} {b} n={len(sel)}: " + "; ".join(parts))
+            print(f"{method:13s} {b} n={len(sel)}: " + "; ".join(parts))
     return 0
 
 

@@ -69,12 +69,12 @@ def _data(m, n_batches=4, seed=0):
     return batches
 
 
-def _learn(seed, steps):
+def _learn(seed, steps, hard=False):
     m = tiny_vit(depth=3).eval()
     spec = tome_lab.vit_spec(m)
     target = tome_lab.analytic_gflops(spec, [0] * 3) / 1.5
     cfg = DiffRateConfig(gflops=target, steps=steps, batch_size=8, lr=0.1, lam=20.0, grid=1,
-                         seed=seed, threads=1)
+                         seed=seed, threads=1, hard=hard)
     return learn(m, _data(m), cfg), target, spec
 
 
@@ -95,6 +95,14 @@ def test_learn_meets_the_target_and_seeds_reproduce():
     assert again["losses"] == got["losses"] and again["pairs"] == got["pairs"]
     other, _, _ = _learn(1, steps=3)
     assert other["flop_errors"] != got["flop_errors"][:3]
+
+
+def test_straight_through_masks_meet_the_target():
+    """hard=True: the forward runs the rounded counts; the last steps' mean FLOP error is
+    within 5% and the export at most the target."""
+    got, target, _ = _learn(0, steps=30, hard=True)
+    assert abs(sum(got["flop_errors"][-5:]) / 5) < 0.05
+    assert 0.95 * target < got["gflops"] <= target
 
 
 def test_round_pairs_repairs_to_the_target():

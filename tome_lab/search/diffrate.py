@@ -79,6 +79,9 @@ class DiffRateConfig:
             24 prune and 12 merge candidates per block).
         seed: seeds the logits' start noise, the data order and torch.
         threads: torch CPU threads (None: torch's default).
+        hard: straight-through masks: the forward keeps the round(E[K]) most important tokens
+            and merges the round(E[M]) best edges outright (what the export runs), the
+            gradient flows through the expected masks (DiffRate's forward is hard too).
     """
 
     gflops: float
@@ -89,6 +92,7 @@ class DiffRateConfig:
     grid: int = 0
     seed: int = 0
     threads: int | None = None
+    hard: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -164,10 +168,17 @@ def _attention(attn: nn.Module, h: Tensor, size: Tensor) -> tuple[Tensor, Tensor
     return attn.proj(attn.norm(out)), probs, k
 
 
-def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, spec: ViTSpec
-                    ) -> tuple[Tensor, Tensor]:
+def _straight_through(prob: Tensor) -> Tensor:
+    """The hard mask of the first round(sum prob) ranks, with ``prob``'s gradient."""
+    hard = (torch.arange(len(prob), device=prob.device) < prob.sum().round()).to(prob.dtype)
+    return hard + prob - prob.detach()
+
+
+def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, spec: ViTSpec,
+                    hard: bool = False) -> tuple[Tensor, Tensor]:
     """Logits of the frozen model under the relaxed reduction, and [depth, 3] expected token
-    counts per block (entering, after pruning, after merging; batch means)."""
+    counts per block (entering, after pruning, after merging; batch means). ``hard``:
+    straight-through masks (see :class:`DiffRateConfig`)."""
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
     b, n, _ = x.shape
     p = spec.num_prefix
@@ -183,6 +194,7 @@ def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, spec: ViTSpe
             imp = probs[:, :, 0].mean(1) if spec.class_token else probs.mean(dim=(1, 2))
             order = imp[:, p:].argsort(dim=1, descending=True)  # (B, M0)
         kappa = rates.keep_prob(i, n - p)  # (M0,) by rank
+        kappa = _straight_through(kappa) if hard else kappa
         keep = torch.ones_like(alive).scatter(1, order + p, kappa.expand(b, -1))  # (B, N)
         size, alive = size * keep[..., None], alive * keep
         n_mid = alive.sum(1).mean()
@@ -197,7 +209,9 @@ def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, spec: ViTSpe
             rank_score[:, : (p + 1) // 2] = -math.inf  # protected A tokens
             edge_order = rank_score.argsort(dim=1, descending=True)  # (B, Na)
         na = edge_order.shape[1]
-        q = torch.zeros_like(best).scatter(1, edge_order, rates.merge_prob(i, na).expand(b, -1))
+        qe = rates.merge_prob(i, na)  # (Na,) by edge rank
+        qe = _straight_through(qe) if hard else qe
+        q = torch.zeros_like(best).scatter(1, edge_order, qe.expand(b, -1))
         q = q.clone()
         q[:, : (p + 1) // 2] = 0.0
         size_a, size_b = size[:, ::2], size[:, 1::2]
@@ -341,7 +355,7 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
     counts = None
     while step < cfg.steps:
         for images, labels in loader:
-            logits, counts = relaxed_forward(model, rates, images, spec)
+            logits, counts = relaxed_forward(model, rates, images, spec, cfg.hard)
             g = expected_gflops(spec, counts)
             err = (g - cfg.gflops) / cfg.gflops
             task = F.cross_entropy(logits, labels)
@@ -394,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="Images of val and test to score.")
+    ap.add_argument("--hard", action="store_true",
+                    help="Straight-through hard masks in the forward (DiffRateConfig.hard).")
     ap.add_argument("--no-score", action="store_true", help="Skip scoring on val and test.")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -412,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = args.gflops if args.gflops is not None else base / args.divide
         cfg = DiffRateConfig(gflops=target, steps=args.steps, batch_size=args.batch_size,
                              lr=args.lr, lam=args.lam, grid=args.grid, seed=args.seed,
-                             threads=args.threads)
+                             threads=args.threads, hard=args.hard)
         loader = build_loader(exp.data, model, shuffle=True, seed=args.seed, drop_last=True)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"python -m tome_lab.search.diffrate: error: {err}", file=sys.stderr)
