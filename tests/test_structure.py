@@ -197,7 +197,8 @@ def test_the_spoken_digits_generator_knows_no_dataset_nor_model():
 # The experiments' packages, each module importing only those above it in this order.
 LAYERS = {
     "tome_lab.launch": ("config", "execution", "claims", "backends", "cli"),
-    "tome_lab.search": ("config", "space", "study", "trials", "workers", "frontier", "cli"),
+    "tome_lab.search": ("config", "space", "study", "trials", "workers", "frontier", "diffrate",
+                        "cli"),
 }
 
 

@@ -82,6 +82,24 @@ class ViTSpec:
     attn_width: int = 0
 
 
+def token_flops(module: nn.Module | None, norm_repeat: int = 1) -> int:
+    """Per-token FLOPs of a module's linear layers and LayerNorms, as fvcore counts them (a
+    LayerNorm costs 5 per element, 4 without affine; ``norm_repeat`` for per-head norms;
+    element-wise products cost nothing). Every family adapter reads its FLOP terms with it."""
+    if module is None:
+        return 0
+    total = 0
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            total += m.weight.numel()
+        elif isinstance(m, nn.LayerNorm):
+            width = 1
+            for d in m.normalized_shape:
+                width *= d
+            total += (5 if m.elementwise_affine else 4) * width * norm_repeat
+    return total
+
+
 def block_r(spec: ViTSpec, r: int, n: int) -> int:
     """The r a block entering with ``n`` tokens removes when asked for ``r`` (the engine's
     clamp by the matcher's bound)."""

@@ -47,6 +47,7 @@ from tome_lab.engine import (
     vit_spec,
 )
 from tome_lab.flops import ViTSpec
+from tome_lab.flops import token_flops as _token_flops
 from tome_lab.registry import FAMILIES
 
 _BLOCK_CHILDREN = {"norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"}
@@ -93,23 +94,6 @@ def _check(model: nn.Module) -> None:
         if extra:
             raise TypeError(
                 f"block {i} attention holds submodules ToMe does not understand: {sorted(extra)}")
-
-
-def _token_flops(module: nn.Module | None, norm_repeat: int = 1) -> int:
-    """Per-token FLOPs of a module's linear layers and LayerNorms, as fvcore counts them
-    (a LayerNorm costs 5 per element, 4 without affine; ``norm_repeat`` for per-head norms)."""
-    if module is None:
-        return 0
-    total = 0
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            total += m.weight.numel()
-        elif isinstance(m, nn.LayerNorm):
-            width = 1
-            for d in m.normalized_shape:
-                width *= d
-            total += (5 if m.elementwise_affine else 4) * width * norm_repeat
-    return total
 
 
 def _patch_embed_flops(model: nn.Module) -> int:

@@ -41,7 +41,7 @@ from tome_lab.engine import (
     reduce,
     start_positions,
 )
-from tome_lab.flops import ViTSpec
+from tome_lab.flops import ViTSpec, token_flops
 
 # attention implementations whose math the engine's core reproduces (softmax(q k^T / sqrt(d)) v);
 # flash / flex / paged kernels are other code paths a patched model would silently replace
@@ -91,23 +91,6 @@ def transformers_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def token_flops(module: nn.Module | None) -> int:
-    """Per-token FLOPs of a module's linear layers and LayerNorms as fvcore counts them (a
-    LayerNorm costs 5 per element, 4 without affine; elementwise products cost nothing)."""
-    if module is None:
-        return 0
-    total = 0
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            total += m.weight.numel()
-        elif isinstance(m, nn.LayerNorm):
-            width = 1
-            for d in m.normalized_shape:
-                width *= d
-            total += (5 if m.elementwise_affine else 4) * width
-    return total
 
 
 def pair(v: Any) -> tuple[int, int]:

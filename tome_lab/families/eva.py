@@ -58,6 +58,7 @@ from tome_lab.engine import (
     start_positions,
 )
 from tome_lab.flops import ViTSpec
+from tome_lab.flops import token_flops as _token_flops
 from tome_lab.registry import FAMILIES
 
 _BLOCK_CHILDREN = {"norm1", "attn", "drop_path1", "norm2", "mlp", "drop_path2"}
@@ -135,12 +136,6 @@ def _check(model: nn.Module) -> None:
                             f"model has {model.num_prefix_tokens} prefix tokens")
         if rope is not None and rope.dim != attn.head_dim:
             raise TypeError(f"rope dim {rope.dim} is not block {i}'s head_dim {attn.head_dim}")
-
-
-def _token_flops(module: nn.Module | None, norm_repeat: int = 1) -> int:
-    from tome_lab.patch import _token_flops as count  # fvcore's per-token count, shared
-
-    return count(module, norm_repeat)
 
 
 def eva_spec(model: nn.Module) -> ViTSpec:

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from tome_lab.engine import sized_mean
-from tome_lab.families._hf import HFFamily, Names, token_flops
+from tome_lab.families._hf import HFFamily, Names
+from tome_lab.flops import token_flops
 from tome_lab.registry import FAMILIES
 
 

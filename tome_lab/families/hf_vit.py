@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from tome_lab.families._hf import HFFamily, Names, token_flops
+from tome_lab.families._hf import HFFamily, Names
+from tome_lab.flops import token_flops
 from tome_lab.registry import FAMILIES
 
 

@@ -50,6 +50,7 @@ from tome_lab.engine import (
     start_positions,
 )
 from tome_lab.flops import ViTSpec
+from tome_lab.flops import token_flops as _token_flops
 from tome_lab.registry import FAMILIES
 
 _BLOCK_CHILDREN = {"ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2"}
@@ -94,12 +95,6 @@ def _check(model: nn.Module) -> None:
                 or attn.in_proj_weight is None):
             raise TypeError(f"block {i} MultiheadAttention has separate k/v dims, bias_k/bias_v "
                             f"or add_zero_attn; ToMe supports the packed self-attention layout")
-
-
-def _token_flops(module: nn.Module | None) -> int:
-    from tome_lab.patch import _token_flops as count  # fvcore's per-token count, shared
-
-    return count(module)
 
 
 def open_clip_spec(model: nn.Module) -> ViTSpec:
