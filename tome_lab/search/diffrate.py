@@ -333,7 +333,8 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
     Returns:
         ``pairs`` (rounded and repaired), ``gflops`` (their exact analytic count),
         ``expected_gflops`` (the relaxation's at the end), ``counts`` ([depth, 3] expected),
-        ``losses`` and ``flop_errors`` per step, ``repair_steps`` and ``wall_s``.
+        ``losses`` and ``flop_errors`` per step, ``repair_steps``, ``wall_s`` and the final
+        ``logits`` (prune and merge, [depth, candidates], and the grid).
     """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -343,7 +344,8 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
     for prm in model.parameters():
         prm.requires_grad_(False)
     m0 = spec.num_tokens - spec.num_prefix
-    rates = Rates(spec.depth, m0, cfg.grid or max(1, m0 // 24))
+    grid = cfg.grid or max(1, m0 // 24)
+    rates = Rates(spec.depth, m0, grid)
     with torch.no_grad():  # start near the unreduced model (as DiffRate), seeded noise
         rates.prune_logits.normal_(0, 0.01)
         rates.merge_logits.normal_(0, 0.01)
@@ -378,7 +380,9 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
             "expected_gflops": float(expected_gflops(spec, counts)),
             "counts": [[round(v, 3) for v in row] for row in counts.tolist()],
             "losses": losses, "flop_errors": errors, "repair_steps": repair,
-            "wall_s": round(time.perf_counter() - t0, 3)}
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "logits": {"prune": rates.prune_logits.detach().tolist(),
+                       "merge": rates.merge_logits.detach().tolist(), "grid": int(grid)}}
 
 
 # --------------------------------------------------------------------------- command line
