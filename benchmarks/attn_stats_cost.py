@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -61,13 +62,15 @@ def measure(batch: int, repeats: int) -> list[dict]:
     rows = []
     for name, want in REQUESTS.items():
         s = dataclasses.replace(spec, stats=tuple(sorted(want)))
-        q1, med, q3 = ratio_quartiles(times["block"], times[name])  # block time / stats time
+        # round by round: this request's time / the block's time
+        q1, med, q3 = ratio_quartiles(times["block"], times[name])
         rows.append({
             "request": name, "batch": batch, "threads": torch.get_num_threads(),
-            "repeats": repeats, "block_ms": 1e3 * statistics.median(times["block"]),
+            "repeats": repeats, "load_1min": os.getloadavg()[0],
+            "block_ms": 1e3 * statistics.median(times["block"]),
             "stats_ms": 1e3 * statistics.median(times[name]),
             "fraction_of_block": statistics.median(times[name]) / statistics.median(times["block"]),
-            "fraction_quartiles": [1 / q3, 1 / med, 1 / q1],
+            "fraction_quartiles": [q1, med, q3],
             "products_fraction": stats_flops(s, n) / block_products})
     return rows
 

@@ -1,7 +1,7 @@
 """CPU throughput of one base-size model per model family, merged and not (issue 27).
 
     python benchmarks/families_speed.py --threads 2 --repeats 5 \
-        --json benchmarks/families_speed_cpu.jsonl
+        --json benchmarks/families_speed_cpu.json
 
 Each family's base-size model is built with random weights (speed does not depend on them;
 nothing is downloaded), fp32, batch 32 at 224 px. Per family, the unpatched model and the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -113,6 +114,7 @@ def measure(family: str, batch: int, repeats: int) -> list[dict]:
         rows.append({
             "family": family, "model": label, "setting": name, "batch": batch,
             "threads": torch.get_num_threads(), "repeats": repeats,
+            "load_1min": os.getloadavg()[0],
             "img_per_s": batch / med, "speedup": ref / med,
             "speedup_quartiles": list(ratio_quartiles(times[name], times["unpatched"])),
             "gflops": gflops[name], "flop_ratio": gflops["unpatched"] / gflops[name]})
@@ -139,7 +141,7 @@ def main() -> None:
             print(f"{family:<10} {r['setting']:<10} {r['img_per_s']:7.2f} img/s  "
                   f"x{r['speedup']:.2f}  GFLOPs x{r['flop_ratio']:.2f}", flush=True)
         rows += got
-        args.json.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")  # after each family
 
 
 if __name__ == "__main__":

@@ -287,6 +287,75 @@ def merge_kernels(ctx: Ctx, *files: str) -> str:
                 "size-weighted average: merged rows / three passes (us)", "ratio", "data"], out)
 
 
+@TABLES.register("families-speed")
+def families_speed(ctx: Ctx, file: str) -> str:
+    """``benchmarks/families_speed.py --json`` (a JSON list): per model family, img/s of the
+    unpatched model and of r = 0, 8, 16, the speed-up (ratio of medians, round-by-round
+    quartiles) and the analytic GFLOPs ratio."""
+    rows = ctx.json(file)
+    out = [[f"`{r['family']}`", r["model"], r["setting"], f"{r['img_per_s']:.2f}",
+            f"{_x(r['speedup'])} [{r['speedup_quartiles'][0]:.2f}, "
+            f"{r['speedup_quartiles'][2]:.2f}]", f"{r['gflops']:.2f}", _x(r["flop_ratio"])]
+           for r in rows]
+    r0 = rows[0]
+    loads = [r["load_1min"] for r in rows if "load_1min" in r]
+    load = f", 1-minute load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    return (_md(["family", "model", "setting", "img/s", "vs unpatched [quartiles]", "GFLOPs",
+                 "FLOP ratio"], out)
+            + f"\n\nCPU, fp32, batch {r0['batch']}, {r0['threads']} thread(s), median of "
+              f"{r0['repeats']} interleaved rounds{load}. " + ctx.source(file))
+
+
+@TABLES.register("attn-stats-cost")
+def attn_stats_cost(ctx: Ctx, file: str) -> str:
+    """``benchmarks/attn_stats_cost.py --json``: each attention-statistics request's time as a
+    fraction of one DeiT-S block's, beside its share of the block's products."""
+    rows = ctx.json(file)
+    out = [[r["batch"], f"`{r['request']}`", f"{r['stats_ms']:.3f}", f"{r['block_ms']:.2f}",
+            f"{100 * r['fraction_of_block']:.1f}% [{100 * r['fraction_quartiles'][0]:.1f}, "
+            f"{100 * r['fraction_quartiles'][2]:.1f}]", f"{100 * r['products_fraction']:.2f}%"]
+           for r in rows]
+    r0 = rows[0]
+    loads = [r["load_1min"] for r in rows if "load_1min" in r]
+    load = f", 1-minute load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    return (_md(["batch", "statistics", "ms", "block ms", "time vs block [quartiles]",
+                 "products vs block"], out)
+            + f"\n\nCPU, fp32, {r0['threads']} thread(s), median of {r0['repeats']} interleaved "
+              f"rounds{load}. " + ctx.source(file))
+
+
+@TABLES.register("learned-vs-search")
+def learned_vs_search(ctx: Ctx, file: str) -> str:
+    """``benchmarks/diffrate_vs_search.py``'s rows: per budget and method, test and val top-1
+    over the seeds (mean +- sample sd [min, max]), GFLOPs and each job's wall time."""
+    import statistics
+
+    rows = ctx.jsonl(file)
+    names = {"optuna": "Optuna search (bipartite schedules)",
+             "diffrate": "learned pairs (soft masks)",
+             "diffrate-hard": "learned pairs (straight-through)"}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["budget"], r["method"]), []).append(r)
+
+    def spread(vals: list[float]) -> str:
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.2f} +- {sd:.2f} [{min(vals):.2f}, {max(vals):.2f}]"
+
+    out = []
+    for (budget, method), rs in sorted(groups.items()):
+        g = [r["gflops"] for r in rs]
+        out.append([f"{budget} ({rs[0]['budget_gflops']:.4f})", names.get(method, method),
+                    ", ".join(str(r["seed"]) for r in rs), spread([r["top1_test"] for r in rs]),
+                    spread([r["top1_val"] for r in rs]),
+                    f"{min(g):.4f}" + (f"-{max(g):.4f}" if f"{max(g):.4f}" != f"{min(g):.4f}"
+                                       else ""),
+                    ", ".join(f"{r['wall_s']:.0f}" for r in rs)])
+    return (_md(["budget", "method", "seeds", "test top-1", "val top-1", "GFLOPs",
+                 "wall s per job"], out)
+            + f"\n\n{rows[0]['model']} on {rows[0]['task']}. " + ctx.source(file))
+
+
 @TABLES.register("launchers")
 def launchers(ctx: Ctx, file: str) -> str:
     """``benchmarks/launchers.py --json``: wall time of one sweep under each launcher."""
