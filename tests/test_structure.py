@@ -252,3 +252,24 @@ def test_the_engine_knows_no_model_library():
     names = _third_party_imports(ROOT / "engine.py")
     libs = {n.split(".")[0] for n in names} & {"timm", "transformers", "open_clip"}
     assert not libs, f"engine.py imports {sorted(libs)}"
+
+
+def test_the_core_install_runs_without_the_extras():
+    """With transformers and open_clip unimportable (the core install), the adapters still
+    register, refuse nothing they cannot see, and a timm ViT patches and runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None; sys.modules['open_clip'] = None\n"
+        "import timm, torch, tome_lab\n"
+        "from tome_lab.registry import FAMILIES\n"
+        "m = timm.create_model('deit_tiny_patch16_224', pretrained=False, depth=2).eval()\n"
+        "tome_lab.apply_tome(m, r=8)\n"
+        "assert m(torch.randn(1, 3, 224, 224)).shape == (1, 1000)\n"
+        "assert {'hf_vit', 'openclip', 'timm'} <= set(FAMILIES.names())\n"
+        "assert 'transformers' not in [k for k, v in sys.modules.items() if v is not None]\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT.parent)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
