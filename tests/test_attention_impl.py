@@ -182,14 +182,15 @@ def test_flex_refuses_dropout():
 
 
 def test_hash_leaves_out_the_default_attn_impl():
-    """Result folders are named by config hash: the new field at its default changes none."""
+    """Result folders are named by config hash: the fields added after results were recorded
+    (attn_impl, position_rule) change none at their defaults, and do when set."""
     cfg = ExperimentConfig()
     data = to_dict(cfg)
-    del data["tome"]["attn_impl"]
+    del data["tome"]["attn_impl"], data["tome"]["position_rule"]
     old = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
     assert config_hash(cfg) == old
-    other = ExperimentConfig(tome=ToMeConfig(r=4, attn_impl="mask"))
-    assert config_hash(other) != old
+    assert config_hash(ExperimentConfig(tome=ToMeConfig(attn_impl="mask"))) != old
+    assert config_hash(ExperimentConfig(tome=ToMeConfig(position_rule="keep"))) != old
 
 
 def test_bias_channel_flops_analytic_equals_fvcore():
