@@ -60,8 +60,7 @@ Where tome_lab chose or deviated:
   ``ppt``.
 - **prop_attn=False is refused**: plain attention adds no mask, so the padding keys would be
   attended. ``ToMeConfig`` refuses ``prop_attn=False`` for a plug-in that declares
-  ``pads = True`` (a ``ValueError`` at configuration time); each later ATS block also checks
-  that padding receives exactly zero attention (``torch._assert_async``).
+  ``pads = True`` (a ``ValueError`` at configuration time), so no block needs to check it.
 - **The combine knob is refused** (a dropped token has no destination); the metric knobs too.
 - **Gradients**: the scores and the sampling come from the engine's statistics (no gradient);
   the paper's differentiable training path is not reproduced (tome_lab is training-free here).
@@ -147,12 +146,6 @@ def ats(ctx: MatchContext, r: int) -> tuple[MergeFn, MergeFn]:
     with torch.no_grad():
         real = (torch.ones(b, n, dtype=torch.bool, device=ctx.x.device) if ctx.size is None
                 else ctx.size[..., 0] > 0)  # (B, N)
-        if ctx.size is not None:  # padding must get no attention (prop_attn=True masks it)
-            stat = ctx.attn.cls.sum(1) if ctx.class_token else ctx.attn.full.sum(dim=(1, 2))
-            torch._assert_async(
-                (stat.masked_fill(real, 0) == 0).all(),
-                "ats: padding tokens (size 0) received attention; ATS pads its batches with "
-                "masked tokens that only proportional attention masks: use prop_attn=True")
         chosen = sample(significance(ctx, real), k)  # (B, M)
         count = chosen.sum(1, keepdim=True)  # (B, 1) tokens each image keeps
         # chosen first in sequence order, then the others, of which only K - count are read
