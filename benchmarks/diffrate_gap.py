@@ -12,6 +12,7 @@ batch's mean counts).
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -33,6 +34,7 @@ from tome_lab.search.diffrate import (  # noqa: E402
     Rates,
     expected_gflops,
     learn,
+    relax,
     relaxed_forward,
 )
 
@@ -40,12 +42,12 @@ TARGET = 0.0817  # dots' unmerged 0.1633 GFLOPs / 2
 
 
 class Relaxed(torch.nn.Module):
-    def __init__(self, model, rates, spec, hard):
+    def __init__(self, model, rates, hard):
         super().__init__()
-        self.model, self.rates, self.spec, self.hard = model, rates, spec, hard
+        self.model, self.rates, self.hard = relax(copy.deepcopy(model)), rates, hard
 
     def forward(self, x):
-        return relaxed_forward(self.model, self.rates, x, self.spec, self.hard)[0]
+        return relaxed_forward(self.model, self.rates, x, self.hard)[0]
 
 
 def main() -> int:
@@ -67,10 +69,10 @@ def main() -> int:
            "expected_gflops": got["expected_gflops"], "learn_s": got["wall_s"]}
     x = next(iter(val))[0]
     for name, hard in (("relaxed_soft", False), ("relaxed_hard", True)):
-        out[f"top1_val_{name}"] = score(Relaxed(model, rates, spec, hard), val, "cpu",
-                                        progress_bar=False)["top1"]
+        relaxed = Relaxed(model, rates, hard)
+        out[f"top1_val_{name}"] = score(relaxed, val, "cpu", progress_bar=False)["top1"]
         with torch.no_grad():  # its GFLOPs at the token counts it keeps (first val batch)
-            counts = relaxed_forward(model, rates, x, spec, hard)[1]
+            counts = relaxed_forward(relaxed.model, rates, x, hard)[1]
         out[f"gflops_{name}"] = float(expected_gflops(spec, counts))
         out[f"counts_{name}"] = [[round(v, 2) for v in row] for row in counts.tolist()]
     patched = apply_tome(create_model(ModelConfig(name="vit_dots")), matching="composite",

@@ -1,7 +1,8 @@
-"""The learned-rate search (DiffRate-style, tome_lab.search.diffrate) on a tiny model: the
+"""The learned-rate search (DiffRate-style, tome_lab.search.diffrate) on tiny models: the
 relaxed forward's endpoints equal the real model (no reduction) and the composite reduction (a
-one-hot rate in one block), the loss falls, the FLOP target is met, seeds reproduce, and the
-export is a Pareto file the composite runs."""
+one-hot rate in one block), on timm ViTs and through other families' adapters (Hugging Face
+ViT, timm EVA with rotary embeddings), the loss falls, the FLOP target is met, seeds
+reproduce, and the export is a Pareto file the composite runs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_vit
+from conftest import need_extra, tiny_vit
 
 import tome_lab
 from tome_lab.search import diffrate
-from tome_lab.search.diffrate import DiffRateConfig, Rates, learn, relaxed_forward
+from tome_lab.search.diffrate import DiffRateConfig, Rates, learn, relax, relaxed_forward
 
 
 def _one_hot(rates, block_keep=None, block_merge=None):
@@ -31,31 +32,72 @@ def _one_hot(rates, block_keep=None, block_merge=None):
     return rates
 
 
-@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "vit_medium_patch16_gap_256"])
-def test_relaxed_forward_endpoints(name):
+def _check_endpoints(m, x, out=lambda o: o, merge=True, tol=1e-6):
     """No reduction: the model itself. A one-hot prune (or merge) of 4 tokens in block 0: the
     composite reduction with pairs [[4, 0], ...] (or [[0, 4], ...]); pruned tokens stay in the
-    relaxed sequence with size 1e-12 (log size -27.6), so equal to 1e-6."""
+    relaxed sequence with size 1e-12 (log size -27.6), so equal to ``tol``."""
+    spec = tome_lab.vit_spec(m)
+    m0 = spec.num_tokens - spec.num_prefix
+    rates = Rates(spec.depth, m0, grid=4)
+    relaxed = relax(copy.deepcopy(m))
+    picks = [("keep", [[4, 0]] + [[0, 0]] * (spec.depth - 1))]
+    if merge:
+        picks.append(("merge", [[0, 4]] + [[0, 0]] * (spec.depth - 1)))
+    with torch.no_grad():
+        got, counts = relaxed_forward(relaxed, _one_hot(rates), x)
+        torch.testing.assert_close(got, out(m(x)), rtol=tol * 10, atol=tol)
+        assert counts[:, 0].tolist() == [spec.num_tokens] * spec.depth
+        for pick, pairs in picks:
+            kw = {"block_keep": (0, 1)} if pick == "keep" else {"block_merge": (0, 1)}
+            got, counts = relaxed_forward(relaxed, _one_hot(rates, **kw), x)
+            hard = tome_lab.apply_tome(copy.deepcopy(m), matching="composite", pairs=pairs)
+            torch.testing.assert_close(got, out(hard(x)), rtol=tol * 10, atol=tol)
+            assert counts[:, 2].tolist() == pytest.approx([spec.num_tokens - 4] * spec.depth)
+    # the relaxation is switched off after each call: the prepared model runs unreduced
+    with torch.no_grad():
+        torch.testing.assert_close(relaxed(x), m(x))
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "vit_medium_patch16_gap_256"])
+def test_relaxed_forward_endpoints(name):
     m = tiny_vit(name, depth=3).eval()
     with torch.no_grad():  # LayerScale's 1e-6 start would hide the attention branch
         for prm_name, prm in m.named_parameters():
             if prm_name.endswith("gamma"):
                 prm.uniform_(0.5, 1.5)
-    spec = tome_lab.vit_spec(m)
-    x = torch.randn(2, 3, 64, 64)
-    m0 = spec.num_tokens - spec.num_prefix
-    rates = Rates(spec.depth, m0, grid=4)
-    with torch.no_grad():
-        got, counts = relaxed_forward(m, _one_hot(rates), x, spec)
-        torch.testing.assert_close(got, m(x), rtol=1e-5, atol=1e-6)
-        assert counts[:, 0].tolist() == [spec.num_tokens] * 3
-        for pick, pairs in (("keep", [[4, 0], [0, 0], [0, 0]]),
-                            ("merge", [[0, 4], [0, 0], [0, 0]])):
-            kw = {"block_keep": (0, 1)} if pick == "keep" else {"block_merge": (0, 1)}
-            got, counts = relaxed_forward(m, _one_hot(rates, **kw), x, spec)
-            hard = tome_lab.apply_tome(copy.deepcopy(m), matching="composite", pairs=pairs)
-            torch.testing.assert_close(got, hard(x), rtol=1e-5, atol=1e-6)
-            assert counts[:, 2].tolist() == pytest.approx([spec.num_tokens - 4] * 3)
+    _check_endpoints(m, torch.randn(2, 3, 64, 64))
+
+
+def test_relaxed_forward_endpoints_hf_vit():
+    """Through the Hugging Face adapter (float64): the classifier's logits field."""
+    need_extra("transformers", "hf")
+    from hf_family_checks import images, visible
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3,
+                    num_attention_heads=4, intermediate_size=64, num_labels=5)
+    torch.manual_seed(0)
+    m = visible(ViTForImageClassification(cfg))
+    _check_endpoints(m, images(32), out=lambda o: o.logits, tol=1e-9)
+
+
+def test_relaxed_forward_endpoints_eva_rope():
+    """Through timm's EVA adapter (rotary embeddings, float64): no reduction and a pruning
+    endpoint (a soft merge leaves positions where they were, the composite moves a merged
+    token to its centroid, so merging has no exact endpoint here)."""
+    from test_family_eva import _model
+
+    m, x = _model("rope_vit")
+    _check_endpoints(m, x, merge=False, tol=1e-9)
+
+
+def test_relaxed_forward_refuses_an_unprepared_model():
+    m = tiny_vit(depth=3).eval()
+    rates = Rates(3, 16, grid=4)
+    with pytest.raises(ValueError, match=r"prepared by diffrate.relax\(model\)"):
+        relaxed_forward(m, rates, torch.randn(1, 3, 64, 64))
+    with pytest.raises(TypeError, match="ToMe patches"):
+        relax(torch.nn.Linear(2, 2))
 
 
 def _data(m, n_batches=4, seed=0):
@@ -75,7 +117,19 @@ def _learn(seed, steps, hard=False):
     target = tome_lab.analytic_gflops(spec, [0] * 3) / 1.5
     cfg = DiffRateConfig(gflops=target, steps=steps, batch_size=8, lr=0.1, lam=20.0, grid=1,
                          seed=seed, threads=1, hard=hard)
-    return learn(m, _data(m), cfg), target, spec
+    got = learn(m, _data(m), cfg)
+    assert tome_lab.tome_state(m) is None  # left as it came
+    return got, target, spec
+
+
+def test_learn_leaves_a_patched_model_as_it_came():
+    m = tome_lab.apply_tome(tiny_vit(depth=3).eval(), r=2, matching="pruning")
+    cfg_before = tome_lab.tome_state(m).config
+    spec = tome_lab.vit_spec(m)
+    target = tome_lab.analytic_gflops(spec, [0] * 3) / 1.5
+    learn(m, _data(tome_lab.remove_tome(copy.deepcopy(m)), n_batches=1),
+          DiffRateConfig(gflops=target, steps=1, batch_size=8, grid=1))
+    assert tome_lab.tome_state(m).config == cfg_before
 
 
 def test_learn_meets_the_target_and_seeds_reproduce():

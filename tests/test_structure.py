@@ -254,6 +254,23 @@ def test_the_engine_knows_no_model_library():
     assert not libs, f"engine.py imports {sorted(libs)}"
 
 
+# a model's submodules by the names timm (and most ViT libraries) give them: code outside the
+# adapters reaches a model only through the engine, never through these
+MODEL_INTERNALS = {"blocks", "attn", "qkv", "norm1", "norm2", "mlp", "ls1", "ls2", "patch_embed",
+                   "_pos_embed", "norm_pre", "forward_head", "global_pool", "fc_norm"}
+
+
+def test_the_search_reaches_models_only_through_the_engine():
+    """tome_lab.search (the Optuna search and the learned rates' relaxed forward) names none
+    of a model's submodules: the learned rates run inside the families' own forwards."""
+    found = []
+    for path in sorted((ROOT / "search").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in MODEL_INTERNALS:
+                found.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert not found, f"tome_lab.search reaches into a model: {found}"
+
+
 def test_the_core_install_runs_without_the_extras():
     """With transformers and open_clip unimportable (the core install), the adapters still
     register, refuse nothing they cannot see, and a timm ViT patches and runs."""

@@ -14,13 +14,17 @@ forwards call back into this module for everything token merging does:
   positions);
 - :func:`sized_mean`: the size-weighted average pool.
 
+A :class:`Relaxation` (set as ``ToMeState.relax``) replaces the merge step of every block with
+a differentiable one that keeps the sequence length (the learned rates of
+:mod:`tome_lab.search.diffrate`), through the same forwards of every family.
+
 Matching, schedules, combine rules and FLOP counts never see which family runs them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -57,6 +61,9 @@ class ForwardState:
         positions: depth + 1 slots of [B, N_i, 2] grid positions (when the matcher or the
             family reads them).
         tokens: tokens leaving each block.
+        relax: the :class:`Relaxation` that replaces the merge step in this forward (None:
+            the plan's matcher merges).
+        aux: what the relaxation keeps between blocks (its own keys).
     """
 
     sizes: list[Tensor | None]
@@ -64,12 +71,32 @@ class ForwardState:
     sources: list[Tensor | None]
     positions: list[Tensor | None]
     tokens: list[int]
+    relax: Relaxation | None = None
+    aux: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, depth: int) -> ForwardState:
+    def empty(cls, depth: int, relax: Relaxation | None = None) -> ForwardState:
         """Slots for a model of ``depth`` blocks, nothing computed yet."""
         return cls([None] * (depth + 1), [None] * (depth + 1), [None] * (depth + 1),
-                   [None] * (depth + 1), [0] * depth)
+                   [None] * (depth + 1), [0] * depth, relax)
+
+
+class Relaxation:
+    """A differentiable stand-in for every block's merge step, for learning reduction rates.
+
+    With ``ToMeState.relax`` set, :func:`reduce` hands each block to :meth:`reduce` instead of
+    the plan's matcher. The relaxation keeps the sequence length (tokens fade instead of
+    leaving) and writes the block's exit slots itself: sizes (fractional ones allowed), the
+    attention mask the next block adds to its logits (proportional attention's log size, so
+    that a faded token is masked softly), sources and positions. Because it runs inside each
+    family's own block forward, it needs no knowledge of any model library.
+    """
+
+    def reduce(self, plan: BlockPlan, tome: ForwardState, x_in: Tensor, x: Tensor, q: Tensor,
+               k: Tensor, v: Tensor) -> Tensor:
+        """[B, N, C] the block's tokens after the relaxed reduction (N unchanged); the
+        arguments are :func:`reduce`'s."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -86,6 +113,8 @@ class ToMeState:
         spec: the model's numbers (tokens, prefix, depth, FLOP terms).
         family: the name of the model family's adapter (``tome_lab.registry.FAMILIES``).
         last: the :class:`ForwardState` of the last finished forward.
+        relax: a :class:`Relaxation` every forward runs instead of the matcher (None: the
+            matcher merges); set by a learner, never by a configuration.
     """
 
     config: ToMeConfig
@@ -93,6 +122,7 @@ class ToMeState:
     spec: ViTSpec
     family: str = "timm"
     last: ForwardState | None = None
+    relax: Relaxation | None = None
 
     def _last(self) -> ForwardState:
         return self.last if self.last is not None else ForwardState.empty(self.spec.depth)
@@ -207,7 +237,7 @@ def family_of(model: nn.Module) -> Family:
 
 def new_forward(model: nn.Module) -> ForwardState:
     """A fresh :class:`ForwardState` for one forward of a patched model."""
-    return ForwardState.empty(model._tome.spec.depth)
+    return ForwardState.empty(model._tome.spec.depth, model._tome.relax)
 
 
 def finish_forward(model: nn.Module, tome: ForwardState) -> None:
@@ -255,7 +285,7 @@ def attention_stats(q: Tensor, k: Tensor, mask: Tensor | None, want: frozenset[s
             full=probs if "full" in want else None)
 
 
-def _metric(plan: BlockPlan, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def block_metric(plan: BlockPlan, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """The matcher's similarity feature: (B, N, d) averaged or (B, N, H*d) concatenated."""
     feat = plan.feature(x, q, k, v)  # (B, H, N, d)
     return feat.mean(1) if plan.head_mean else feat.transpose(1, 2).flatten(2)
@@ -292,8 +322,11 @@ def reduce(plan: BlockPlan, tome: ForwardState, x_in: Tensor, x: Tensor, q: Tens
         v: [B, H, N, d] its values.
 
     Returns:
-        [B, N - r', C] the merged tokens (r' the clamped r).
+        [B, N - r', C] the merged tokens (r' the clamped r); under a :class:`Relaxation`,
+        its [B, N, C] tokens.
     """
+    if tome.relax is not None:
+        return tome.relax.reduce(plan, tome, x_in, x, q, k, v)
     st, i = plan.state, plan.index
     spec = st.spec
     size, mask = tome.sizes[i], tome.masks[i]
@@ -302,7 +335,7 @@ def reduce(plan: BlockPlan, tome: ForwardState, x_in: Tensor, x: Tensor, q: Tens
     if r > 0:  # a block that merges nothing computes no feature, similarity, mask or gather
         metric = None
         if plan.feature is not None:
-            metric = _metric(plan, x_in, q, k, v)
+            metric = block_metric(plan, x_in, q, k, v)
         stats = attention_stats(q, k, mask, plan.stats) if plan.stats else None
         ctx = MatchContext(metric=metric, num_prefix=spec.num_prefix,
                            distance=st.config.distance, size=size, x=x, q=q, k=k, v=v,
@@ -499,7 +532,7 @@ def is_patched(model: nn.Module) -> bool:
     return tome_state(model) is not None
 
 
-__all__ = ["BlockPlan", "Family", "ForwardState", "ToMeState", "apply_config", "apply_tome",
-           "attention_request", "attention_stats", "config_spec", "family_of",
-           "finish_forward", "grid_positions", "is_patched", "new_forward", "reduce",
-           "remove_tome", "sized_mean", "start_positions", "tome_state", "vit_spec"]
+__all__ = ["BlockPlan", "Family", "ForwardState", "Relaxation", "ToMeState", "apply_config",
+           "apply_tome", "attention_request", "attention_stats", "block_metric", "config_spec",
+           "family_of", "finish_forward", "grid_positions", "is_patched", "new_forward",
+           "reduce", "remove_tome", "sized_mean", "start_positions", "tome_state", "vit_spec"]

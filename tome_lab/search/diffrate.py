@@ -9,6 +9,13 @@ block, in the Pareto file's form (:func:`tome_lab.search.frontier.write_pairs_ya
 composite reduction (:mod:`tome_lab.matching.composite`) runs in ``evaluate``, ``ablate`` and
 ``apply_tome``.
 
+The relaxation runs inside the model's own patched forward: :func:`relax` patches the model
+through its family's adapter with no reduction, and :class:`RateRelaxation` (an
+:class:`tome_lab.engine.Relaxation`) replaces every block's merge step, reading the block's
+own q, k and v from the engine; so it learns on any family the engine patches (timm ViT and
+EVA, Hugging Face, open_clip), and only the adapters know a model library. For rotary
+families a token keeps its start position (a soft merge moves none).
+
 The relaxation (all tokens stay in the sequence while learning; each carries a size s, its
 patch mass, and a presence a, how much it still counts as a token, both 1 at the start):
 
@@ -62,6 +69,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tome_lab.engine import (
+    BlockPlan,
+    ForwardState,
+    Relaxation,
+    apply_config,
+    attention_stats,
+    block_metric,
+    remove_tome,
+    tome_state,
+    vit_spec,
+)
 from tome_lab.flops import ViTSpec, analytic_gflops
 
 
@@ -142,30 +160,13 @@ class Rates(nn.Module):
         return rho @ (self.merge[:, None] > torch.arange(na, device=rho.device)).to(rho.dtype)
 
 
-def _check_model(model: nn.Module) -> ViTSpec:
-    """The model's spec; refuses what the relaxed forward does not write out."""
-    from tome_lab.engine import vit_spec
+def relax(model: nn.Module) -> nn.Module:
+    """Prepares ``model`` (in place) for :func:`relaxed_forward`: patched with no reduction,
+    proportional attention on, through its family's adapter (``TypeError`` for a model of no
+    supported family); :func:`~tome_lab.engine.remove_tome` undoes it."""
+    from tome_lab.config import ToMeConfig
 
-    spec = vit_spec(model)  # TypeError for blocks the engine does not understand
-    for blk in model.blocks:
-        if getattr(blk.attn, "gate", None) is not None or model.global_pool not in ("token",
-                                                                                     "avg"):
-            raise TypeError("the learned-rate forward covers timm ViTs without attention gates, "
-                            "pooled by the class token or a size-weighted average")
-    return spec
-
-
-def _attention(attn: nn.Module, h: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """timm Attention with proportional attention's log size; returns (out [B, N, C],
-    probs [B, H, N, N], keys [B, H, N, d])."""
-    b, n, _ = h.shape
-    qkv = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # (B, H, N, d)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    bias = size.clamp_min(1e-12).log()[:, None, None, :, 0]  # (B, 1, 1, N)
-    probs = ((q * attn.scale) @ k.transpose(-2, -1) + bias).softmax(-1)  # (B, H, N, N)
-    out = (probs @ v).transpose(1, 2).reshape(b, n, -1)
-    return attn.proj(attn.norm(out)), probs, k
+    return apply_config(model, ToMeConfig(r=0, matching="bipartite", prop_attn=True))
 
 
 def _straight_through(prob: Tensor) -> Tensor:
@@ -174,32 +175,40 @@ def _straight_through(prob: Tensor) -> Tensor:
     return hard + prob - prob.detach()
 
 
-def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, spec: ViTSpec,
-                    hard: bool = False) -> tuple[Tensor, Tensor]:
-    """Logits of the frozen model under the relaxed reduction, and [depth, 3] expected token
-    counts per block (entering, after pruning, after merging; batch means). ``hard``:
-    straight-through masks (see :class:`DiffRateConfig`)."""
-    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-    b, n, _ = x.shape
-    p = spec.num_prefix
-    size = x.new_ones(b, n, 1)
-    alive = x.new_ones(b, n)  # presence
-    counts = []
-    for i, blk in enumerate(model.blocks):
+class RateRelaxation(Relaxation):
+    """The relaxed prune-then-merge of every block (see the module's docstring), run by the
+    engine in place of the matcher (:class:`tome_lab.engine.Relaxation`).
+
+    Per forward it keeps each token's presence (``aux["alive"]``, [B, N]) and the expected
+    token counts per block (``aux["counts"]``: entering, after pruning, after merging; batch
+    means). Grid positions (rotary families) stay where the token started: a soft merge moves
+    none.
+    """
+
+    def __init__(self, rates: Rates, hard: bool = False) -> None:
+        self.rates, self.hard = rates, hard
+
+    def reduce(self, plan: BlockPlan, tome: ForwardState, x_in: Tensor, x: Tensor, q: Tensor,
+               k: Tensor, v: Tensor) -> Tensor:
+        i, spec = plan.index, plan.state.spec
+        b, n, _ = x.shape
+        p = spec.num_prefix
+        size = tome.sizes[i] if tome.sizes[i] is not None else x.new_ones(b, n, 1)
+        alive = tome.aux.get("alive")
+        alive = x.new_ones(b, n) if alive is None else alive
         n_in = alive.sum(1).mean()
-        y, probs, k = _attention(blk.attn, blk.norm1(x), size)
-        x = x + blk.ls1(y)
         # prune: rank the unprotected tokens by importance, keep rank j with P(K > j)
-        with torch.no_grad():
-            imp = probs[:, :, 0].mean(1) if spec.class_token else probs.mean(dim=(1, 2))
-            order = imp[:, p:].argsort(dim=1, descending=True)  # (B, M0)
-        kappa = rates.keep_prob(i, n - p)  # (M0,) by rank
-        kappa = _straight_through(kappa) if hard else kappa
+        want = frozenset({"cls"} if spec.class_token else {"received"})
+        stats = attention_stats(q, k, tome.masks[i], want)
+        imp = stats.cls.mean(1) if spec.class_token else stats.received  # (B, N)
+        order = imp[:, p:].argsort(dim=1, descending=True)  # (B, M0)
+        kappa = self.rates.keep_prob(i, n - p).to(x.dtype)  # (M0,) by rank
+        kappa = _straight_through(kappa) if self.hard else kappa
         keep = torch.ones_like(alive).scatter(1, order + p, kappa.expand(b, -1))  # (B, N)
         size, alive = size * keep[..., None], alive * keep
         n_mid = alive.sum(1).mean()
         # merge: bipartite matching, A = even positions, B = odd (prefix never a source)
-        metric = F.normalize(k.mean(1), dim=-1)  # (B, N, d)
+        metric = F.normalize(block_metric(plan, x_in, q, k, v), dim=-1)  # (B, N, d)
         scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # (B, Na, Nb)
         scores = scores + alive[:, None, 1::2].clamp_min(1e-12).log()  # gone: no destination
         scores[..., : p // 2] = -math.inf  # protected B tokens (a distillation token)
@@ -209,30 +218,46 @@ def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, spec: ViTSpe
             rank_score[:, : (p + 1) // 2] = -math.inf  # protected A tokens
             edge_order = rank_score.argsort(dim=1, descending=True)  # (B, Na)
         na = edge_order.shape[1]
-        qe = rates.merge_prob(i, na)  # (Na,) by edge rank
-        qe = _straight_through(qe) if hard else qe
-        q = torch.zeros_like(best).scatter(1, edge_order, qe.expand(b, -1))
-        q = q.clone()
-        q[:, : (p + 1) // 2] = 0.0
+        qe = self.rates.merge_prob(i, na).to(x.dtype)  # (Na,) by edge rank
+        qe = _straight_through(qe) if self.hard else qe
+        frac = torch.zeros_like(best).scatter(1, edge_order, qe.expand(b, -1)).clone()
+        frac[:, : (p + 1) // 2] = 0.0
         size_a, size_b = size[:, ::2], size[:, 1::2]
-        mass = q[..., None] * size_a  # (B, Na, 1)
+        mass = frac[..., None] * size_a  # (B, Na, 1)
         into = torch.zeros_like(size_b).scatter_add(1, dst[..., None], mass)
         xsum = torch.zeros_like(x[:, 1::2]).scatter_add(
             1, dst[..., None].expand(-1, -1, x.shape[-1]), mass * x[:, ::2])
         x_b = (size_b * x[:, 1::2] + xsum) / (size_b + into).clamp_min(1e-12)
         x = _interleave(x[:, ::2], x_b)
         size = _interleave(size_a - mass, size_b + into)
-        alive = _interleave(alive[:, ::2] * (1 - q), alive[:, 1::2])
-        counts.append(torch.stack([n_in, n_mid, alive.sum(1).mean()]))
-        x = x + blk.ls2(blk.mlp(blk.norm2(x)))
-    x = model.norm(x)
-    if model.global_pool == "avg":
-        w = size[:, p:] if not model.pool_include_prefix else size
-        xs = x[:, p:] if not model.pool_include_prefix else x
-        x = model.head(model.head_drop(model.fc_norm((xs * w).sum(1) / w.sum(1))))
-    else:
-        x = model.forward_head(x)
-    return x, torch.stack(counts)
+        alive = _interleave(alive[:, ::2] * (1 - frac), alive[:, 1::2])
+        tome.aux["alive"] = alive
+        tome.aux.setdefault("counts", []).append(torch.stack([n_in, n_mid, alive.sum(1).mean()]))
+        # the next block's attention adds log size; a faded token's floor keeps it finite
+        tome.sizes[i + 1] = size
+        tome.masks[i + 1] = plan.mask(size.clamp_min(1e-12))
+        tome.sources[i + 1], tome.positions[i + 1] = tome.sources[i], tome.positions[i]
+        tome.tokens[i] = n
+        return x
+
+
+def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, hard: bool = False
+                    ) -> tuple[Tensor, Tensor]:
+    """Logits of the frozen ``model`` (prepared by :func:`relax`) under the relaxed reduction,
+    and [depth, 3] expected token counts per block (entering, after pruning, after merging;
+    batch means). ``hard``: straight-through masks (see :class:`DiffRateConfig`). The logits
+    are the model's output, or its ``logits`` field when it returns a record (Hugging Face
+    classifiers)."""
+    state = tome_state(model)
+    if state is None or state.config.r != 0 or state.config.matching != "bipartite":
+        raise ValueError("relaxed_forward runs a model prepared by diffrate.relax(model)")
+    state.relax = RateRelaxation(rates, hard)
+    try:
+        out = model(images)
+    finally:
+        state.relax = None
+    logits = getattr(out, "logits", out)  # a library's output record, or the tensor itself
+    return logits, torch.stack(state.last.aux["counts"])
 
 
 def _interleave(a: Tensor, b: Tensor) -> Tensor:
@@ -330,6 +355,9 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
           ) -> dict[str, Any]:
     """Learns the rates of a frozen ``model`` on ``loader`` (the train split).
 
+    ``model`` is patched for the relaxation while it learns (:func:`relax`) and left as it
+    came: unpatched, or under the configuration it had.
+
     Returns:
         ``pairs`` (rounded and repaired), ``gflops`` (their exact analytic count),
         ``expected_gflops`` (the relaxation's at the end), ``counts`` ([depth, 3] expected),
@@ -339,7 +367,8 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    spec = _check_model(model)
+    before = tome_state(model)
+    spec = tome_state(relax(model)).spec
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
@@ -357,7 +386,7 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
     counts = None
     while step < cfg.steps:
         for images, labels in loader:
-            logits, counts = relaxed_forward(model, rates, images, spec, cfg.hard)
+            logits, counts = relaxed_forward(model, rates, images, cfg.hard)
             g = expected_gflops(spec, counts)
             err = (g - cfg.gflops) / cfg.gflops
             task = F.cross_entropy(logits, labels)
@@ -374,6 +403,10 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
                                   "flop_error": round(errors[-1], 4)}), file=log, flush=True)
             if step >= cfg.steps:
                 break
+    if before is None:
+        remove_tome(model)
+    else:
+        apply_config(model, before.config)
     counts = counts.detach()
     pairs, repair = round_pairs(spec, counts, cfg.gflops)
     return {"pairs": pairs, "gflops": pairs_gflops(spec, pairs),
@@ -427,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                seed=args.seed)
         torch.set_num_threads(args.threads)
         model = create_model(exp.model)
-        spec = _check_model(model)
+        spec = vit_spec(model)
         base = analytic_gflops(spec, [0] * spec.depth)
         target = args.gflops if args.gflops is not None else base / args.divide
         cfg = DiffRateConfig(gflops=target, steps=args.steps, batch_size=args.batch_size,
