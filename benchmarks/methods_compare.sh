@@ -26,6 +26,10 @@
 #      methods2_NAME_b15.jsonl and _b20.jsonl.
 #   m2c: the same methods (EViT without its stages) under way (c)'s searched schedule; writes
 #      methods2_NAME_b15_searched.jsonl and _b20_searched.jsonl.
+#   m2ca: ATS (an adaptive per-image token count, r only a cap; per-image GFLOPs recorded)
+#      under way (c)'s searched schedule, against bipartite under it; writes
+#      methods2_NAME_b15_searched_ats.jsonl and _b20_searched_ats.jsonl. Its rows at a matched
+#      per-image budget are benchmarks/ats_budget.py's methods2_NAME_b15_ats.jsonl.
 # Run from the repository root; THREADS (default 2) sets torch's threads.
 set -euo pipefail
 NAME=$1 MODEL=$2 DATA=$3 WAY=${4:-a}
@@ -77,11 +81,14 @@ for pair in b15:1.5 b20:2; do
     m2c) file=$OUT/methods2_${NAME}_${name}_searched.jsonl S="schedule=list r=$(searched "$name")"
        SETTINGS=("matching=bipartite $S" "matching=evit $S" "matching=ppt $S"
          "matching=zero_tprune $S" "matching=pruning $S") ;;
+    m2ca) file=$OUT/methods2_${NAME}_${name}_searched_ats.jsonl
+       S="schedule=list r=$(searched "$name")"
+       SETTINGS=("matching=bipartite $S" "matching=ats $S") ;;
     m2) file=$OUT/methods2_${NAME}_$name.jsonl S="schedule=constant_flops gflops=$g"
        SETTINGS=("matching=bipartite $S" "matching=evit $S"
          "matching=evit schedule=stages gflops=$g" "matching=ppt $S"
          "matching=zero_tprune $S" "matching=pruning $S") ;;
-    *) echo "WAY must be a, b, c, m2 or m2c, got '$WAY'" >&2; exit 2 ;;
+    *) echo "WAY must be a, b, c, m2, m2c or m2ca, got '$WAY'" >&2; exit 2 ;;
   esac
   $PY benchmarks/paired_sweep.py --threads "$TH" --model "$MODEL" --data "$DATA" \
     --budget "$g" --json "$file" "${SETTINGS[@]}"

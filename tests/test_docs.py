@@ -469,3 +469,31 @@ def test_methods_summary_counts_verdicts_per_task_and_way(tmp_path):
     line = next(ln for ln in table.splitlines() if ln.startswith("| m |"))
     assert line == ("| m | (b) own schedule | 0.0800 | 90.0 | `matching=atc` (stages) | 1 | 0 | "
                     "1 | `matching=atc` (stages) 93.0 |")
+
+
+def test_searched_ats_files_are_way_c_rows(tmp_path):
+    """``_searched_ats`` files (ATS under way (c)'s schedule) are way (c): in the summary they
+    join the ``_searched`` file of their budget in one row and one Holm family (p 0.001 and
+    0.02 over two tests: 0.002 and 0.02), ATS marked (avg); their table shows ATS's per-image
+    GFLOPs, held to the budget by their mean, and the shared reference once."""
+    row = _methods_row
+    s = "schedule=list r=[4,4]"
+    per_image = {"gflops_image_mean": 0.05, "gflops_image_std": 0.01,
+                 "gflops_image_min": 0.04, "gflops_image_max": 0.07}
+    ref = row(f"matching=bipartite {s}", budget=0.08, r=[4, 4])
+    searched = [ref, row(f"matching=evit {s}", 0.02, 2.0, top1=88.0, budget=0.08, r=[4, 4])]
+    ats = [ref, row(f"matching=ats {s}", 0.001, -3.0, top1=93.0, budget=0.08, r=[4, 4],
+                    **per_image)]
+    ctx = _methods_ctx(tmp_path, t_b15_searched=searched, t_b15_searched_ats=ats)
+    files = ("t_b15_searched.jsonl", "t_b15_searched_ats.jsonl")
+    lines = [ln for ln in report.methods_summary(ctx, *files).splitlines()
+             if ln.startswith("| m |")]
+    assert lines == ["| m | (c) searched schedule | 0.0800 | 90.0 | `matching=ats` (avg) | 1 | 0 "
+                     "| 0 | `matching=ats` (avg) 93.0 |"]
+    table = report.methods_compare(ctx, *files)
+    assert "per-image GFLOPs mean [min, max]" in table
+    assert sum("(reference)" in ln for ln in table.splitlines()) == 1
+    line = next(ln for ln in table.splitlines() if "matching=ats" in ln)
+    assert line.startswith("| 0.0800 | `matching=ats` (avg) | list r=4 | 0.0800 | "
+                           "0.0500 [0.0400, 0.0700] | -37.5% |")
+    assert line.endswith("| 0.002 | this better |")

@@ -542,8 +542,10 @@ def _verdict(row: dict, p_holm: float) -> str:
     return "reference better" if row["diff"] > 0 else "this better"
 
 
+# file-name suffix -> way; ``_searched_ats`` (methods_compare.sh m2ca): ATS under way (c)'s
+# schedule, kept apart from ``_searched`` only because it ran later
 WAYS = {"_own": "(b) own schedule", "_searched": "(c) searched schedule",
-        "_tuned": "(a) tuned on val"}
+        "_searched_ats": "(c) searched schedule", "_tuned": "(a) tuned on val"}
 
 
 def _way(file: str) -> str:
@@ -558,7 +560,8 @@ def _label(row: dict) -> str:
 
     shape = _words(row["setting"]).get("schedule", "constant")
     tail = "" if shape in ("constant", "constant_flops", "list") else f" ({shape})"
-    return f"`{results.setting_method(row['setting'])}`{tail}"
+    avg = " (avg)" if "gflops_image_mean" in row else ""  # as in methods-compare
+    return f"`{results.setting_method(row['setting'])}`{avg}{tail}"
 
 
 @TABLES.register("methods-summary")
@@ -566,8 +569,9 @@ def methods_summary(ctx: Ctx, *files: str) -> str:
     """The headline of the methods comparison: per task, way and budget, how many methods are
     better than, worse than or not distinguishable from bipartite after Holm's adjustment,
     with the best top-1. Files of one task and way form one Holm family, as in their
-    ``methods-compare`` table (way from the file name: ``_own`` (b), ``_searched`` (c),
-    ``_tuned``, else (a))."""
+    ``methods-compare`` table (way from the file name: :data:`WAYS`, else (a)). Files of one
+    task and way with the same budget and reference setting (``_searched`` and
+    ``_searched_ats``) make one row, the reference's top-1 from the first."""
 
     groups: dict[tuple[str, str], list[str]] = {}
     for f in files:
@@ -577,7 +581,11 @@ def methods_summary(ctx: Ctx, *files: str) -> str:
     for (model, way), fs in groups.items():
         per_file = [ctx.jsonl(f) for f in fs]
         _, adjusted = _holm(per_file)
-        for rows in per_file:
+        merged: dict[tuple[float | None, str], list[dict]] = {}
+        for rows in per_file:  # the first file's reference row, every file's others
+            key = (_budget(rows[0]), rows[0]["setting"])
+            merged.setdefault(key, rows[:1]).extend(rows[1:])
+        for rows in merged.values():
             ref = rows[0]
             ok = [r for r in rows[1:] if _unreachable(r) is None]
             verdicts = collections.Counter(_verdict(r, adjusted[id(r)]) for r in ok)
@@ -612,7 +620,8 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
     of the table (the family: all files given). Files named ``*speed*.jsonl``
     (``benchmarks/methods_speed.py``) fill the img/s column instead, matched by model and
     setting. "vs budget" is the achieved GFLOPs against the budget (a row with per-image
-    counts, ATS: their mean)."""
+    counts, ATS: their mean). A file whose reference is an earlier file's (same model, setting,
+    budget and top-1: ``_searched_ats`` after ``_searched``) does not repeat it."""
     import tome_lab
     from tome_lab import results
     from tome_lab.config import ModelConfig
@@ -625,10 +634,16 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
     specs: dict[str, Any] = {}
     speed = _speeds(ctx, speed_files)
     out, seeds, per_image = [], collections.defaultdict(list), []
+    refs: set[tuple] = set()  # (model, setting, budget, top-1) of the references shown
     for rows in per_file:
         ref = rows[0]
         model = ref["model"]
+        key = (model, ref["setting"], _budget(ref), ref.get("top1"))
+        first = 1 if key in refs else 0  # the same run as an earlier file's reference
+        refs.add(key)
         for i, row in enumerate(rows):
+            if i < first:
+                continue
             w = _words(row["setting"])
             method = results.setting_method(row["setting"])
             shape = w.get("schedule", "constant")
