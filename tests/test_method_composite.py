@@ -189,6 +189,32 @@ def test_analytic_flops_equal_fvcore(name, pairs, criterion):
         assert bool(st.spec.stats) == any(p for p, _ in pairs)
 
 
+def test_statistics_only_in_blocks_that_prune(monkeypatch):
+    """With pairs, a block that only merges asks for no attention statistic and computes
+    none; the analytic count leaves it out there (the same total as the dead-statistic
+    count fvcore gives, checked in the full tier above)."""
+    from tome_lab import engine
+    from tome_lab.flops import stats_flops
+
+    pairs = [[0, 4], [3, 1], [0, 2]]
+    m = tome_lab.apply_tome(tiny_vit(depth=3), matching="composite", pairs=pairs)
+    st = tome_lab.tome_state(m)
+    assert [b._tome_plan.stats for b in m._tome_blocks] == [set(), {"cls"}, set()]
+    assert st.spec.block_stats == ((), ("cls",), ())
+    calls = []
+    real = engine.attention_stats
+    monkeypatch.setattr(engine, "attention_stats",
+                        lambda q, k, mask, want: calls.append(set(want)) or real(q, k, mask, want))
+    with torch.no_grad():
+        m(torch.randn(1, 3, 64, 64))
+    assert calls == [{"cls"}]  # block 1 alone
+    n = st.spec.num_tokens
+    assert stats_flops(st.spec, n, 0) == 0 and stats_flops(st.spec, n - 4, 1) > 0
+    # without pairs every block asks (the split decides per r)
+    m2 = tome_lab.apply_tome(tiny_vit(depth=3), r=4, matching="composite")
+    assert [b._tome_plan.stats for b in m2._tome_blocks] == [{"cls"}] * 3
+
+
 def test_compiles_in_one_graph():
     m = tome_lab.apply_tome(tiny_vit(), matching="composite", pairs=[[3, 2], [0, 3], [2, 1]],
                             trace_source=True)

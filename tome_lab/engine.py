@@ -396,11 +396,22 @@ def config_spec(spec: ViTSpec, cfg: ToMeConfig) -> ViTSpec:
     opts = cfg.matching_options()
     qk_width = getattr(ATTN_IMPL.get(cfg.attn_impl), "qk_width", None)  # a padding core's
     attn_width = qk_width(spec.head_dim) if qk_width is not None and cfg.prop_attn else 0
+    stats = attention_request(match_fn, spec.class_token, opts)
+    per_block = getattr(match_fn, "block_attention_request", None)
+    block_stats: tuple[tuple[str, ...], ...] = ()
+    if per_block is not None:
+        asks = [frozenset(per_block(spec.class_token, i, spec.depth, **opts))
+                for i in range(spec.depth)]
+        if any(not a <= stats for a in asks):
+            raise ValueError(f"matching {cfg.matching!r} asks a block for attention statistics "
+                             f"beyond its attention_request {sorted(stats)}: {asks}")
+        if any(a != stats for a in asks):
+            block_stats = tuple(tuple(sorted(a)) for a in asks)
     return replace(spec, matching=cfg.matching, metric_dim=width, partition=cfg.partition,
                    attn_width=attn_width,
                    matching_options=tuple(sorted(opts.items())),
                    bound=capabilities(match_fn).bound,
-                   stats=tuple(sorted(attention_request(match_fn, spec.class_token, opts))),
+                   stats=tuple(sorted(stats)), block_stats=block_stats,
                    own_flops=getattr(match_fn, "flops", None))
 
 
@@ -463,7 +474,8 @@ def apply_config(model: nn.Module, cfg: ToMeConfig) -> nn.Module:
         blk._tome_plan = BlockPlan(
             index=i, r=rs[i], state=state, match=match_fn, match_options=m_opts, mask=mask,
             feature=feature, combine=combine, core=core, head_mean=cfg.head_agg == "mean",
-            trace_source=cfg.trace_source, stats=frozenset(spec.stats),
+            trace_source=cfg.trace_source,
+            stats=frozenset(spec.block_stats[i] if spec.block_stats else spec.stats),
             positions=positions, creates=caps.reduction == "create",
             position_rule=cfg.position_rule)
     fam.install(model, cfg)

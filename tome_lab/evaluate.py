@@ -146,12 +146,12 @@ def image_gflops(spec: ViTSpec, r: Sequence[int], tokens: torch.Tensor) -> list[
     for row in tokens.tolist():
         n = n_pad = spec.num_tokens
         total, merged = spec.fixed_flops, False
-        for ri, n_out in zip(r, row, strict=True):
+        for i, (ri, n_out) in enumerate(zip(r, row, strict=True)):
             width = spec.attn_width if merged and spec.attn_width else spec.head_dim
             total += n * spec.attn_token_flops + 2 * n * n * heads * width
             rr = block_r(spec, ri, n_pad)
             if rr > 0:
-                total += matching_flops(spec, n, rr)
+                total += matching_flops(spec, n, rr, i)
             merged, n_pad, n = merged or rr > 0, n_pad - rr, n_out
             total += n * spec.mlp_token_flops
         out.append((total + n * spec.final_token_flops) / 1e9)

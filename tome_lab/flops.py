@@ -52,9 +52,13 @@ class ViTSpec:
         bound: the matcher's per-block bound on r (a key of :data:`tome_lab.merge.BOUNDS`).
         stats: the attention statistics the matcher requests (``cls``, ``received``,
             ``full``), whose products :func:`matching_flops` adds.
+        block_stats: per block, the statistics the matcher requests there, when that differs
+            from block to block (the composite's pairs: none where a block prunes nothing);
+            empty: ``stats`` in every block.
         grid: (rows, columns) of the patch grid, or None.
-        own_flops: the matcher's own count, ``fn(spec, n, r, **options) -> int`` (a
-            module-level function the plug-in declares as ``flops``), or None.
+        own_flops: the matcher's own count, ``fn(spec, n, r, block=i, **options) -> int`` (a
+            module-level function the plug-in declares as ``flops``; ``block`` the block's
+            index), or None.
         attn_width: per-head width of the q k^T and attn v products in the blocks after the
             first merge, where proportional attention has sizes to add (the bias channel's
             padded width, ``attn_impl="bias_channel"``); 0 means head_dim.
@@ -77,6 +81,7 @@ class ViTSpec:
     matching_options: tuple[tuple[str, Any], ...] = ()
     bound: str = "half"
     stats: tuple[str, ...] = ()
+    block_stats: tuple[tuple[str, ...], ...] = ()
     grid: tuple[int, int] | None = None
     own_flops: Callable[..., int] | None = None
     attn_width: int = 0
@@ -106,13 +111,15 @@ def block_r(spec: ViTSpec, r: int, n: int) -> int:
     return clamp_r(r, n, spec.num_prefix, spec.bound)
 
 
-def stats_flops(spec: ViTSpec, n: int) -> int:
-    """Products of the attention statistics a block computes for its matcher (N tokens in):
-    the class token's row is one query against N keys per head; the attention received and
-    the full matrix need every query's row (computed once for both)."""
-    if not spec.stats:
+def stats_flops(spec: ViTSpec, n: int, block: int | None = None) -> int:
+    """Products of the attention statistics block ``block`` computes for its matcher (N
+    tokens in; ``block`` None: what every block asks, ``spec.stats``): the class token's row
+    is one query against N keys per head; the attention received and the full matrix need
+    every query's row (computed once for both)."""
+    want = spec.block_stats[block] if block is not None and spec.block_stats else spec.stats
+    if not want:
         return 0
-    queries = n if {"received", "full"} & set(spec.stats) else 1
+    queries = n if {"received", "full"} & set(want) else 1
     return queries * n * spec.attn_dim
 
 
@@ -131,18 +138,19 @@ def metric_width(spec: ViTSpec) -> int:
     return spec.metric_dim or spec.head_dim
 
 
-def matching_flops(spec: ViTSpec, n: int, r: int) -> int:
-    """FLOPs fvcore counts for one matching call: N tokens in, r merged (r >= 1, clamped).
+def matching_flops(spec: ViTSpec, n: int, r: int, block: int | None = None) -> int:
+    """FLOPs fvcore counts for one matching call: N tokens in, r merged (r >= 1, clamped),
+    in block ``block`` (None: a block-independent count).
 
-    The attention statistics the matcher asked for (:func:`stats_flops`) plus its own products
-    (the ``flops`` function each plug-in declares, given ``spec``, ``n``, ``r`` and its
-    options). Only matrix products count (similarities, attention scores); norms of the
-    cosine, sorts, scatters and the combine rule's arithmetic are element-wise, which fvcore
-    skips.
+    The attention statistics the matcher asked for in that block (:func:`stats_flops`) plus
+    its own products (the ``flops`` function each plug-in declares, given ``spec``, ``n``,
+    ``r``, ``block`` and its options). Only matrix products count (similarities, attention
+    scores); norms of the cosine, sorts, scatters and the combine rule's arithmetic are
+    element-wise, which fvcore skips.
     """
     opts = dict(spec.matching_options)
-    own = spec.own_flops(spec, n, r, **opts) if spec.own_flops is not None else 0
-    return stats_flops(spec, n) + own
+    own = spec.own_flops(spec, n, r, block=block, **opts) if spec.own_flops is not None else 0
+    return stats_flops(spec, n, block) + own
 
 
 def analytic_gflops(spec: ViTSpec, r: Sequence[int], matching_cost: bool = True) -> float:
@@ -155,12 +163,12 @@ def analytic_gflops(spec: ViTSpec, r: Sequence[int], matching_cost: bool = True)
     """
     n, total = spec.num_tokens, float(spec.fixed_flops)
     heads, merged = spec.attn_dim // spec.head_dim, False
-    for ri in r:
+    for i, ri in enumerate(r):
         width = spec.attn_width if merged and spec.attn_width else spec.head_dim
         total += n * spec.attn_token_flops + 2 * n * n * heads * width
         rr = block_r(spec, ri, n)
         if rr > 0 and matching_cost:
-            total += matching_flops(spec, n, rr)
+            total += matching_flops(spec, n, rr, i)
         merged = merged or rr > 0
         n -= rr
         total += n * spec.mlp_token_flops

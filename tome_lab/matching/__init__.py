@@ -7,9 +7,13 @@ clamps ``r`` before the call by the plug-in's bound (:func:`tome_lab.merge.clamp
 plug-in always receives 1 <= r <= ``max_r(bound, N, prefix)``.
 
 Optional attributes a plug-in may carry: ``check_options(**options)`` (called at patch
-time), ``flops(spec, n, r, **options) -> int`` (its own products, for the analytic count),
-and ``attention_request(class_token, **options) -> frozenset`` (the statistics it needs
-under these options, when that depends on them; otherwise ``Capabilities.attention``).
+time), ``flops(spec, n, r, block=i, **options) -> int`` (its own products in block i, for the
+analytic count), ``attention_request(class_token, **options) -> frozenset`` (the statistics
+it needs under these options, when that depends on them; otherwise
+``Capabilities.attention``), and ``block_attention_request(class_token, block, depth,
+**options) -> frozenset`` (what block ``block`` needs, when that differs from block to
+block; a subset of ``attention_request``'s): the engine then computes in each block only
+what that block asked for, and the analytic count follows.
 """
 
 from __future__ import annotations

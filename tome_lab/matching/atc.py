@@ -125,7 +125,8 @@ def atc(ctx: MatchContext, r: int, linkage: str = "complete") -> tuple[MergeFn, 
     return group_merge_fns(assign, n - r)
 
 
-def _flops(spec: ViTSpec, n: int, r: int, linkage: str = "complete") -> int:
+def _flops(spec: ViTSpec, n: int, r: int, linkage: str = "complete",
+           block: int | None = None) -> int:
     """The one [M, M] similarity of the metric (its width: ``spec.metric_dim``)."""
     m = n - spec.num_prefix
     return m * m * (spec.metric_dim or spec.head_dim)

@@ -21,10 +21,12 @@ term when merging half of r would exceed bipartite's bound on the N - p left), `
 
 Deviations from DiffRate: DiffRate merges the pruned-away ranks' least important tokens into
 the kept ones by similarity to all kept tokens; here the merge step is ToMe's bipartite
-matching on the kept tokens (the one merge every method here is compared with). The attention
-statistic is computed in every block that reduces, also where p = 0 (the engine computes a
-plug-in's statistics for every block that reduces); there it is unused, and the FLOP count, as
-fvcore's trace, leaves it out.
+matching on the kept tokens (the one merge every method here is compared with).
+
+The attention statistic is asked for per block (``block_attention_request``): with ``pairs``,
+a block that only merges computes none. Without ``pairs``, every reducing block computes it,
+and a block whose split prunes nothing (r = 1) leaves it unused, which the FLOP count, as
+fvcore's trace, leaves out.
 """
 
 from __future__ import annotations
@@ -83,6 +85,15 @@ def _request(class_token: bool, pairs: Any = None, criterion: str = "attention"
     if pairs is not None and all(int(p) == 0 for p, _ in pairs):
         return frozenset()
     return pruning_request(class_token, criterion)
+
+
+def _block_request(class_token: bool, block: int, depth: int, pairs: Any = None,
+                   criterion: str = "attention") -> frozenset[str]:
+    """Block ``block``'s statistic: the criterion's where its pair prunes (or without
+    ``pairs``, where the split may), none where it only merges."""
+    if pairs is not None and block < len(pairs) and int(pairs[block][0]) == 0:
+        return frozenset()  # (a pairs list of the wrong length is refused by its schedule)
+    return _request(class_token, pairs, criterion)
 
 
 @MATCHING.register("composite")
@@ -155,23 +166,28 @@ def block_pair(spec: ViTSpec, n: int, r: int, pairs: Any = None) -> tuple[int, i
                      f"removes {r}")
 
 
-def _flops(spec: ViTSpec, n: int, r: int, pairs: Any = None, criterion: str = "attention"
-           ) -> int:
+def _flops(spec: ViTSpec, n: int, r: int, pairs: Any = None, criterion: str = "attention",
+           block: int | None = None) -> int:
     """Bipartite matching's similarity on the N - p tokens left after pruning.
 
     The pruning criterion's attention statistic is counted by
-    :func:`tome_lab.flops.stats_flops` in every reducing block; in a block that prunes
-    nothing it is computed (the engine asks for it per plug-in, not per block) but unused, so
-    fvcore's trace drops it and so does this count (``- stats_flops``), as ``torch.compile``
-    would. Norms, random draws and top-k are element-wise, which fvcore skips.
+    :func:`tome_lab.flops.stats_flops` in the blocks that ask for it: with ``pairs``, only
+    those that prune (:func:`_block_request`). Without ``pairs`` every reducing block asks
+    for it, and one that prunes nothing (r = 1) leaves it unused, so fvcore's trace drops it
+    and so does this count (``- stats_flops``), as ``torch.compile`` would. Norms, random
+    draws and top-k are element-wise, which fvcore skips.
     """
-    p, m = block_pair(spec, n, r, pairs)
+    if pairs is not None and block is not None:
+        p, m = (int(v) for v in pairs[block])
+    else:
+        p, m = block_pair(spec, n, r, pairs)
     own = bipartite_flops(spec, n - p, m) if m > 0 else 0
-    return own - (stats_flops(spec, n) if p == 0 else 0)
+    return own - (stats_flops(spec, n, block) if p == 0 else 0)
 
 
 composite.check_options = _check_options  # apply_config calls it at patch time
 composite.attention_request = _request
+composite.block_attention_request = _block_request
 composite.flops = _flops
 # ToMeConfig: the option that fixes every block's count, implying the schedule of that name
 composite.schedule_option = "pairs"

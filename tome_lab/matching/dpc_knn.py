@@ -99,7 +99,7 @@ def dpc_knn(ctx: MatchContext, r: int, k: int = 5) -> tuple[MergeFn, MergeFn]:
     return centre_merge_fns(a, centres, p)
 
 
-def _flops(spec: ViTSpec, n: int, r: int, k: int = 5) -> int:
+def _flops(spec: ViTSpec, n: int, r: int, k: int = 5, block: int | None = None) -> int:
     """The Gram matrix of the unprotected tokens."""
     m = n - spec.num_prefix
     return m * m * spec.embed_dim

@@ -160,7 +160,8 @@ def kmedoids(ctx: MatchContext, r: int, iters: int = 3) -> tuple[MergeFn, MergeF
     return centre_merge_fns(a, med, p)
 
 
-def _flops(spec: ViTSpec, n: int, r: int, iters: int = 3) -> int:
+def _flops(spec: ViTSpec, n: int, r: int, iters: int = 3, block: int | None = None
+           ) -> int:
     """The Gram matrix of the unprotected tokens (the attention statistics are added by
     :func:`tome_lab.flops.stats_flops`)."""
     m = n - spec.num_prefix

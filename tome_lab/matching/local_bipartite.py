@@ -142,7 +142,8 @@ def _check_options(window: float = 2, order: str = "published") -> None:
         raise ValueError(f"unknown local_bipartite order {order!r}; valid: {', '.join(ORDERS)}")
 
 
-def _flops(spec: ViTSpec, n: int, r: int, window: float = 2, order: str = "published") -> int:
+def _flops(spec: ViTSpec, n: int, r: int, window: float = 2, order: str = "published",
+           block: int | None = None) -> int:
     """The [ceil(N/2), floor(N/2)] similarity over the whole sequence (protected rows and
     columns included, as ``bipartite``); distances and ranks are element-wise."""
     return ((n + 1) // 2) * (n // 2) * (spec.metric_dim or spec.head_dim)
