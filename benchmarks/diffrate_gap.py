@@ -60,7 +60,8 @@ def main() -> int:
     got = learn(model, train, DiffRateConfig(gflops=TARGET, steps=100, batch_size=32, seed=0,
                                              threads=1))
     lg = got["logits"]
-    rates = Rates(spec.depth, spec.num_tokens - spec.num_prefix, lg["grid"])
+    rates = Rates(spec.depth, spec.num_tokens - spec.num_prefix, lg["grid"], lg["counts"])
+    rates.tau = got["taus"][-1]  # the temperature the learner ended at
     with torch.no_grad():
         rates.prune_logits.copy_(torch.tensor(lg["prune"]))
         rates.merge_logits.copy_(torch.tensor(lg["merge"]))

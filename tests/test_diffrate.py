@@ -32,13 +32,13 @@ def _one_hot(rates, block_keep=None, block_merge=None):
     return rates
 
 
-def _check_endpoints(m, x, out=lambda o: o, merge=True, tol=1e-6):
+def _check_endpoints(m, x, out=lambda o: o, merge=True, tol=1e-6, counts="kept"):
     """No reduction: the model itself. A one-hot prune (or merge) of 4 tokens in block 0: the
     composite reduction with pairs [[4, 0], ...] (or [[0, 4], ...]); pruned tokens stay in the
     relaxed sequence with size 1e-12 (log size -27.6), so equal to ``tol``."""
     spec = tome_lab.vit_spec(m)
     m0 = spec.num_tokens - spec.num_prefix
-    rates = Rates(spec.depth, m0, grid=4)
+    rates = Rates(spec.depth, m0, grid=4, counts=counts)
     relaxed = relax(copy.deepcopy(m))
     picks = [("keep", [[4, 0]] + [[0, 0]] * (spec.depth - 1))]
     if merge:
@@ -58,14 +58,33 @@ def _check_endpoints(m, x, out=lambda o: o, merge=True, tol=1e-6):
         torch.testing.assert_close(relaxed(x), m(x))
 
 
-@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "vit_medium_patch16_gap_256"])
-def test_relaxed_forward_endpoints(name):
+@pytest.mark.parametrize("name,counts", [("deit_tiny_patch16_224", "kept"),
+                                         ("deit_tiny_patch16_224", "removed"),
+                                         ("vit_medium_patch16_gap_256", "kept")])
+def test_relaxed_forward_endpoints(name, counts):
     m = tiny_vit(name, depth=3).eval()
     with torch.no_grad():  # LayerScale's 1e-6 start would hide the attention branch
         for prm_name, prm in m.named_parameters():
             if prm_name.endswith("gamma"):
                 prm.uniform_(0.5, 1.5)
-    _check_endpoints(m, torch.randn(2, 3, 64, 64))
+    _check_endpoints(m, torch.randn(2, 3, 64, 64), counts=counts)
+
+
+def test_removed_counts_prune_from_the_tokens_present():
+    """counts="removed": a one-hot "remove 4" in blocks 0 and 1 prunes 4 in each (8 in all);
+    counts="kept" with "keep m0 - 4" in both prunes 4 once (block 1's candidate is at the
+    count already present)."""
+    m = relax(tiny_vit(depth=3).eval())
+    spec = tome_lab.tome_state(m).spec
+    m0 = spec.num_tokens - spec.num_prefix
+    x = torch.randn(2, 3, 64, 64)
+    for counts, removed in (("removed", 8), ("kept", 4)):
+        rates = _one_hot(Rates(3, m0, grid=4, counts=counts), block_keep=(0, 1))
+        with torch.no_grad():
+            rates.prune_logits[1].fill_(-1e4)
+            rates.prune_logits[1, 1] = 0.0
+            _, got = relaxed_forward(m, rates, x)
+        assert got[-1, 2].item() == pytest.approx(spec.num_tokens - removed)
 
 
 def test_relaxed_forward_endpoints_hf_vit():
@@ -177,11 +196,22 @@ def test_round_pairs_repairs_to_the_target():
                         or diffrate.pairs_gflops(spec, back) <= g)
 
 
+def test_temperature_anneals_to_tau_end():
+    got, _, _ = _learn(0, steps=5)
+    assert got["taus"][0] == 1.0 and got["taus"][-1] == pytest.approx(0.1)
+    ratios = [b / a for a, b in zip(got["taus"][:-1], got["taus"][1:], strict=True)]
+    assert ratios == pytest.approx([0.1 ** 0.25] * 4)  # geometric
+
+
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="diffrate gflops must be a number > 0, got -1"):
         DiffRateConfig(gflops=-1)
     with pytest.raises(ValueError, match="diffrate steps must be an int >= 1, got 0"):
         DiffRateConfig(gflops=1.0, steps=0)
+    with pytest.raises(ValueError, match=r"diffrate counts must be one of \('kept', 'removed'\)"):
+        DiffRateConfig(gflops=1.0, counts="kep")
+    with pytest.raises(ValueError, match=r"diffrate tau_end must be a number in \(0, 1\], got 0"):
+        DiffRateConfig(gflops=1.0, tau_end=0)
 
 
 def test_command_line_writes_a_pareto_file(tmp_path, monkeypatch):

@@ -21,15 +21,22 @@ patch mass, and a presence a, how much it still counts as a token, both 1 at the
 
 - prune: the unprotected tokens are ranked by the class token's attention averaged over heads
   (the mean attention received without a class token), as the composite's ``attention``
-  criterion ranks them; with pi the block's distribution over candidate kept counts K_c, the
-  token of rank j is kept with probability kappa_j = sum_c pi_c [K_c > j], and s and a are
-  multiplied by kappa_j. Proportional attention's log s then masks pruned tokens softly, so
-  the task loss sees them fade (DiffRate's differentiable attention mask);
+  criterion ranks them (tokens already gone rank last); with pi the block's distribution over
+  candidate kept counts K_c of the first block's m0 ranks, the token of rank j is kept with
+  probability kappa_j = sum_c pi_c [K_c > j] (``counts="kept"``, the default: a candidate at
+  or above the n tokens still present prunes nothing; ``counts="removed"`` counts tokens
+  removed of those present instead, kappa_j = sum_c pi_c [P_c < n - j], n the sum of the
+  unprotected presences, which learned worse, ``benchmarks/diffrate_variants.json``), and
+  s and a are multiplied by kappa_j. Proportional attention's log s then masks pruned tokens
+  softly, so the task loss sees them fade (DiffRate's differentiable attention mask);
 - merge: ToMe's bipartite matching (alternate A/B, keys averaged over heads, cosine) on the
   same tokens, a destination chosen among the tokens still present; edges ranked by score
   (tokens already gone last); with rho the distribution over candidate merge counts M_c, edge
   of rank e merges a fraction q_e = sum_c rho_c [M_c > e] of its source's mass into its
   destination (size-weighted average), and the source's presence falls by (1 - q_e);
+- pi and rho are softmaxes of learned logits at a temperature that falls from 1 to
+  ``tau_end`` over the steps (annealing: the distributions end near one-hot, which the
+  rounded export runs);
 - E[GFLOPs]: the analytic count (:func:`tome_lab.flops.analytic_gflops`'s terms, the
   composite's statistic and similarity included) at the expected token counts, the batch means
   of the presences, entering each block, after its pruning and after its merging (E[n]^2
@@ -100,6 +107,14 @@ class DiffRateConfig:
         hard: straight-through masks: the forward keeps the round(E[K]) most important tokens
             and merges the round(E[M]) best edges outright (what the export runs), the
             gradient flows through the expected masks (DiffRate's forward is hard too).
+        counts: what a prune candidate counts: ``kept`` (tokens kept of the first block's
+            ranks, so a candidate at or above the count already present prunes nothing) or
+            ``removed`` (tokens pruned of those still present in the block).
+        tau_end: the candidates' softmax temperature falls geometrically from 1 to this over
+            the steps, so the distributions end near one-hot, nearer what the export runs
+            (1: no annealing).
+        start: the start logit of "prune none" and "merge none" (the others start at 0, all
+            with seeded noise).
     """
 
     gflops: float
@@ -111,6 +126,9 @@ class DiffRateConfig:
     seed: int = 0
     threads: int | None = None
     hard: bool = False
+    counts: str = "kept"
+    tau_end: float = 0.1
+    start: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -123,40 +141,64 @@ class DiffRateConfig:
                 raise ValueError(f"diffrate {name} must be a number > 0, got {v!r}")
         if not isinstance(self.grid, int) or self.grid < 0:
             raise ValueError(f"diffrate grid must be an int >= 0, got {self.grid!r}")
+        if self.counts not in COUNTS:
+            raise ValueError(f"diffrate counts must be one of {COUNTS}, got {self.counts!r}")
+        if isinstance(self.tau_end, bool) or not isinstance(self.tau_end, (int, float)) \
+                or not 0 < self.tau_end <= 1:
+            raise ValueError(f"diffrate tau_end must be a number in (0, 1], got "
+                             f"{self.tau_end!r}")
+        if isinstance(self.start, bool) or not isinstance(self.start, (int, float)) \
+                or not math.isfinite(self.start):
+            raise ValueError(f"diffrate start must be a finite number, got {self.start!r}")
 
 
-# the start's logit on "keep every token" and "merge none": about 0.5 of the probability
-# against 24 (prune) or 12 (merge) other candidates at zero
-START = 3.0
+COUNTS = ("kept", "removed")
 
 
 class Rates(nn.Module):
-    """Per block, logits over candidate kept counts (pruning) and merge counts.
+    """Per block, logits over candidate prune counts and merge counts.
 
     Args:
         depth: blocks.
         m0: unprotected tokens entering the first block.
         grid: candidate spacing.
+        counts: what a prune candidate counts (:class:`DiffRateConfig`): ``removed``, tokens
+            pruned of those present when the block starts (0, grid, 2 grid, ... < m0); or
+            ``kept``, tokens kept of the first block's m0 ranks (m0, m0 - grid, ... > 0).
+            Candidate 0 is "prune none" either way.
+
+    Attributes:
+        tau: the softmax temperature over the candidates (the learner anneals it).
     """
 
-    def __init__(self, depth: int, m0: int, grid: int) -> None:
+    def __init__(self, depth: int, m0: int, grid: int, counts: str = "kept") -> None:
         super().__init__()
-        keep = torch.arange(m0, 0, -grid)  # (Ck,) kept counts, keeping all first
+        if counts not in COUNTS:
+            raise ValueError(f"diffrate counts must be one of {COUNTS}, got {counts!r}")
+        self.counts = counts
+        prune = torch.arange(0, m0, grid) if counts == "removed" else torch.arange(m0, 0, -grid)
         merge = torch.arange(0, m0 // 2 + 1, grid)  # (Cm,) merge counts, none first
-        self.register_buffer("keep", keep)
+        self.register_buffer("prune", prune)  # (Cp,)
         self.register_buffer("merge", merge)
-        self.prune_logits = nn.Parameter(torch.zeros(depth, len(keep)))
+        self.prune_logits = nn.Parameter(torch.zeros(depth, len(prune)))
         self.merge_logits = nn.Parameter(torch.zeros(depth, len(merge)))
+        self.tau = 1.0
 
-    def keep_prob(self, i: int, m0: int) -> Tensor:
-        """[m0] probability that the token of rank j (0: most important) survives block i's
-        pruning: P(K > j)."""
-        pi = self.prune_logits[i].softmax(-1)  # (Ck,)
-        return pi @ (self.keep[:, None] > torch.arange(m0, device=pi.device)).to(pi.dtype)
+    def keep_prob(self, i: int, m0: int, present: Tensor) -> Tensor:
+        """[B, m0] probability that the unprotected token of rank j (0: most important;
+        tokens already gone rank last) survives block i's pruning, ``present`` ([B]) the
+        unprotected tokens still present: P(P < present - j) for a removed count P, P(K > j)
+        for a kept count K."""
+        pi = (self.prune_logits[i] / self.tau).softmax(-1)  # (Cp,)
+        ranks = torch.arange(m0, device=pi.device)
+        if self.counts == "kept":
+            return (pi @ (self.prune[:, None] > ranks).to(pi.dtype)).expand(len(present), -1)
+        room = present.detach()[:, None] - ranks  # (B, m0): present - j
+        return ((self.prune < room[..., None]).to(pi.dtype) * pi).sum(-1)
 
     def merge_prob(self, i: int, na: int) -> Tensor:
         """[na] fraction merged of the edge of rank e in block i: P(M > e)."""
-        rho = self.merge_logits[i].softmax(-1)  # (Cm,)
+        rho = (self.merge_logits[i] / self.tau).softmax(-1)  # (Cm,)
         return rho @ (self.merge[:, None] > torch.arange(na, device=rho.device)).to(rho.dtype)
 
 
@@ -170,8 +212,10 @@ def relax(model: nn.Module) -> nn.Module:
 
 
 def _straight_through(prob: Tensor) -> Tensor:
-    """The hard mask of the first round(sum prob) ranks, with ``prob``'s gradient."""
-    hard = (torch.arange(len(prob), device=prob.device) < prob.sum().round()).to(prob.dtype)
+    """The hard mask of the first round(sum prob) ranks (along the last dimension), with
+    ``prob``'s gradient."""
+    ranks = torch.arange(prob.shape[-1], device=prob.device)
+    hard = (ranks < prob.sum(-1, keepdim=True).round()).to(prob.dtype)
     return hard + prob - prob.detach()
 
 
@@ -202,9 +246,9 @@ class RateRelaxation(Relaxation):
         stats = attention_stats(q, k, tome.masks[i], want)
         imp = stats.cls.mean(1) if spec.class_token else stats.received  # (B, N)
         order = imp[:, p:].argsort(dim=1, descending=True)  # (B, M0)
-        kappa = self.rates.keep_prob(i, n - p).to(x.dtype)  # (M0,) by rank
+        kappa = self.rates.keep_prob(i, n - p, alive[:, p:].sum(1)).to(x.dtype)  # (B, M0)
         kappa = _straight_through(kappa) if self.hard else kappa
-        keep = torch.ones_like(alive).scatter(1, order + p, kappa.expand(b, -1))  # (B, N)
+        keep = torch.ones_like(alive).scatter(1, order + p, kappa)  # (B, N)
         size, alive = size * keep[..., None], alive * keep
         n_mid = alive.sum(1).mean()
         # merge: bipartite matching, A = even positions, B = odd (prefix never a source)
@@ -361,8 +405,9 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
     Returns:
         ``pairs`` (rounded and repaired), ``gflops`` (their exact analytic count),
         ``expected_gflops`` (the relaxation's at the end), ``counts`` ([depth, 3] expected),
-        ``losses`` and ``flop_errors`` per step, ``repair_steps``, ``wall_s`` and the final
-        ``logits`` (prune and merge, [depth, candidates], and the grid).
+        ``losses``, ``flop_errors`` and ``taus`` (the temperature) per step,
+        ``repair_steps``, ``wall_s`` and the final ``logits`` (prune and merge, [depth,
+        candidates], the grid and the counts' form).
     """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -374,18 +419,20 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
         prm.requires_grad_(False)
     m0 = spec.num_tokens - spec.num_prefix
     grid = cfg.grid or max(1, m0 // 24)
-    rates = Rates(spec.depth, m0, grid)
-    with torch.no_grad():  # start near the unreduced model (as DiffRate), seeded noise
+    rates = Rates(spec.depth, m0, grid, cfg.counts)
+    with torch.no_grad():  # start toward the unreduced model (as DiffRate), seeded noise
         rates.prune_logits.normal_(0, 0.01)
         rates.merge_logits.normal_(0, 0.01)
-        rates.prune_logits[:, 0] += START
-        rates.merge_logits[:, 0] += START
+        rates.prune_logits[:, 0] += cfg.start
+        rates.merge_logits[:, 0] += cfg.start
     opt = torch.optim.Adam(rates.parameters(), lr=cfg.lr)
     t0 = time.perf_counter()
-    losses, errors, step = [], [], 0
+    losses, errors, taus, step = [], [], [], 0
     counts = None
     while step < cfg.steps:
         for images, labels in loader:
+            rates.tau = cfg.tau_end ** (step / max(cfg.steps - 1, 1))
+            taus.append(rates.tau)
             logits, counts = relaxed_forward(model, rates, images, cfg.hard)
             g = expected_gflops(spec, counts)
             err = (g - cfg.gflops) / cfg.gflops
@@ -412,10 +459,11 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
     return {"pairs": pairs, "gflops": pairs_gflops(spec, pairs),
             "expected_gflops": float(expected_gflops(spec, counts)),
             "counts": [[round(v, 3) for v in row] for row in counts.tolist()],
-            "losses": losses, "flop_errors": errors, "repair_steps": repair,
+            "losses": losses, "flop_errors": errors, "taus": taus, "repair_steps": repair,
             "wall_s": round(time.perf_counter() - t0, 3),
             "logits": {"prune": rates.prune_logits.detach().tolist(),
-                       "merge": rates.merge_logits.detach().tolist(), "grid": int(grid)}}
+                       "merge": rates.merge_logits.detach().tolist(), "grid": int(grid),
+                       "counts": cfg.counts}}
 
 
 # --------------------------------------------------------------------------- command line
@@ -445,6 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="Images of val and test to score.")
+    ap.add_argument("--counts", default="kept", choices=COUNTS,
+                    help="What a prune candidate counts (DiffRateConfig.counts).")
+    ap.add_argument("--tau-end", type=float, default=0.1,
+                    help="Final softmax temperature of the candidates (DiffRateConfig.tau_end).")
+    ap.add_argument("--start", type=float, default=3.0,
+                    help="Start logit of 'prune none' and 'merge none' (DiffRateConfig.start).")
     ap.add_argument("--hard", action="store_true",
                     help="Straight-through hard masks in the forward (DiffRateConfig.hard).")
     ap.add_argument("--no-score", action="store_true", help="Skip scoring on val and test.")
@@ -465,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = args.gflops if args.gflops is not None else base / args.divide
         cfg = DiffRateConfig(gflops=target, steps=args.steps, batch_size=args.batch_size,
                              lr=args.lr, lam=args.lam, grid=args.grid, seed=args.seed,
-                             threads=args.threads, hard=args.hard)
+                             threads=args.threads, hard=args.hard, counts=args.counts,
+                             tau_end=args.tau_end, start=args.start)
         loader = build_loader(exp.data, model, shuffle=True, seed=args.seed, drop_last=True)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"python -m tome_lab.search.diffrate: error: {err}", file=sys.stderr)
