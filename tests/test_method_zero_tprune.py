@@ -43,9 +43,20 @@ def _importance(probs, idx, iters, class_token, var_min, var_max):
     return [math.sqrt(sum(float(s[i]) ** 2 for s in used) / len(used)) for i in range(n)]
 
 
+def _paper_iters(block, depth):
+    """The paper's counts as its text gives them, at each range's low end: 30-50 in the first
+    three layers, 1 in the last three, 5-10 in the middle ones."""
+    if block in (0, 1, 2):
+        return 30
+    if block in range(depth - 3, depth):
+        return 1
+    return 5
+
+
 def zero_tprune_step(iters=5, s_share=0.5, var_min=0.01, var_max=0.7):
     """One block of Zero-TPrune on one image (a rich reference step, see ``BlockView``)."""
     def step(view):
+        its = _paper_iters(view.block, view.depth) if iters == "paper" else iters
         n, p = len(view.tokens), view.num_prefix
         m = n - p
         r = min(view.r, m - 1)
@@ -67,7 +78,7 @@ def zero_tprune_step(iters=5, s_share=0.5, var_min=0.01, var_max=0.7):
             gone = sorted(a_set, key=lambda i: -best[i])[:r_s]
             alive = [j for j in alive if j not in gone]
         if r_i:
-            imp = _importance(view.probs, alive, iters, view.class_token, var_min, var_max)
+            imp = _importance(view.probs, alive, its, view.class_token, var_min, var_max)
             ranked = sorted(range(p, len(alive)), key=lambda j: -imp[j])
             kept = sorted(ranked[:len(alive) - p - r_i])
             alive = alive[:p] + [alive[j] for j in kept]
@@ -84,6 +95,8 @@ CASES = [
     pytest.param("deit_t", [0, 120, 0, 30, 0, 0], dict(iters=3), id="deit_t-r120-30",
                  marks=pytest.mark.full),
     pytest.param("avg_no_cls", 20, {}, id="avg_no_cls-r20"),
+    # the paper's per-layer counts: 30 in blocks 0-2, 1 in blocks 3-5 of deit_t
+    pytest.param("deit_t", 8, dict(iters="paper", s_share=0.25), id="deit_t-r8-paper"),
     pytest.param("avg_no_cls", 6, dict(iters=2, s_share=1.0), id="avg_no_cls-r6-s1",
                  marks=pytest.mark.full),
     pytest.param("deit_s_distilled", [30, 0, 10, 4], dict(s_share=0.0), id="distilled-i-only"),
@@ -152,17 +165,30 @@ def test_zero_tprune_refuses_bad_options_and_other_knobs():
         tome_lab.apply_tome(tiny_vit(), r=[16, 0, 0], matching="zero_tprune")
 
 
-@pytest.mark.parametrize("iters,s_share", [(1, 0.5), (7, 0.5), (4, 0.0)])
+def test_paper_iterations_per_block():
+    from tome_lab.matching.zero_tprune import block_iters
+
+    assert [block_iters("paper", i, 12) for i in range(12)] == [30] * 3 + [5] * 6 + [1] * 3
+    assert [block_iters("paper", i, 8) for i in range(8)] == [30] * 3 + [5] * 2 + [1] * 3
+    assert [block_iters("paper", i, 4) for i in range(4)] == [30] * 3 + [1]
+    assert [block_iters(7, i, 4) for i in range(4)] == [7] * 4
+    with pytest.raises(ValueError, match="iters must be an int >= 1 .* or 'paper'"):
+        tome_lab.apply_tome(tiny_vit(), r=2, matching="zero_tprune", iters="papers")
+
+
+@pytest.mark.parametrize("iters,s_share", [(1, 0.5), (7, 0.5), (4, 0.0), ("paper", 0.5)])
 def test_zero_tprune_counts_every_iteration(iters, s_share):
     """Each WPR iteration is one [N', N'] x [N'] product per head; the I'-stage one [N, N]
     product per head and the S-stage one [M/2, M - M/2] similarity; the full probabilities
-    N^2 x C."""
-    m = tiny_vit("deit_tiny_patch16_224", depth=3, img_size=96)  # 37 tokens, 3 heads
-    st = tome_lab.tome_state(tome_lab.apply_tome(m, r=[20, 5, 3], matching="zero_tprune",
+    N^2 x C. "paper": 30, 30, 30, 5, 1, 1, 1 iterations over seven blocks."""
+    m = tiny_vit("deit_tiny_patch16_224", depth=7, img_size=96)  # 37 tokens, 3 heads
+    st = tome_lab.tome_state(tome_lab.apply_tome(m, r=[10, 5, 3, 3, 2, 2, 2],
+                                                 matching="zero_tprune",
                                                  iters=iters, s_share=s_share))
     spec, heads = st.spec, st.spec.attn_dim // st.spec.head_dim
+    per_block = [30, 30, 30, 5, 1, 1, 1] if iters == "paper" else [iters] * 7
     own, n = 0, spec.num_tokens
-    for r in st.r:
+    for r, iters in zip(st.r, per_block, strict=True):
         mm = n - spec.num_prefix
         r_s = min(int(r * s_share), mm // 2)
         own += n * n * spec.attn_dim  # the full attention probabilities
@@ -172,3 +198,6 @@ def test_zero_tprune_counts_every_iteration(iters, s_share):
         n -= r
     cost = analytic_gflops(spec, st.r) - analytic_gflops(spec, st.r, False)
     assert round(cost * 1e9) == own
+    if per_block[0] != per_block[-1]:  # and fvcore's trace counts the same, block by block
+        got = tome_lab.count_flops(m, (3, 96, 96))
+        assert got == pytest.approx(analytic_gflops(spec, st.r), rel=1e-12)

@@ -40,9 +40,12 @@ and in the description of its equations, not the PDF itself):
 - **The I-stage's graph** after the S-stage is A restricted to the remaining tokens with each
   row renormalised to sum 1: the attention the block would have computed had the pruned
   keys been masked out. We could not check how the paper restricts it.
-- **iters** (default 5) is one count for every block. The paper sets 30-50 iterations in the
-  first three layers, 5-10 in the middle ones and 1 in the last three (where it found
-  convergence); a per-block count would need the block index in the analytic FLOP model.
+- **iters** (default 5) is one count for every block, or ``iters="paper"``: the paper's
+  per-layer counts (30-50 iterations in the first three layers, 5-10 in the middle ones and 1
+  in the last three, where it found convergence), at the low end of each range: 30 in blocks
+  0-2, 1 in the last three, 5 between (a block that is both among the first and the last
+  three, in a model of fewer than six blocks, counts as a first one). The analytic count
+  reads each block's own count (the block index reaches ``flops``).
 - **VHF's variance** is that of N s_h (each head's distribution scaled to mean 1, population
   variance over all N tokens of the graph), so that the paper's thresholds [0.01, 0.7] are
   scale-free; the paper's normalisation is not stated in what we read. An image whose heads
@@ -79,11 +82,25 @@ from tome_lab.matching._context import MatchContext, uses
 from tome_lab.merge import MergeFn, prune_fns, similarity
 from tome_lab.registry import MATCHING
 
+# the paper's per-layer WPR iterations, the low end of each range: first three, middle, last three
+PAPER_ITERS = (30, 5, 1)
 
-def _check_options(iters: int = 5, s_share: float = 0.5, var_min: float = 0.01,
+
+def block_iters(iters: int | str, block: int, depth: int) -> int:
+    """The I-stage's WPR iterations in block ``block`` of ``depth``: ``iters`` itself, or for
+    ``"paper"`` 30 in the first three blocks, 1 in the last three, 5 between."""
+    if iters != "paper":
+        return int(iters)
+    first, middle, last = PAPER_ITERS
+    return first if block < 3 else last if block >= depth - 3 else middle
+
+
+def _check_options(iters: int | str = 5, s_share: float = 0.5, var_min: float = 0.01,
                    var_max: float = 0.7) -> None:
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"zero_tprune iters must be an int >= 1 (WPR iterations), got {iters!r}")
+    if iters != "paper" and (isinstance(iters, bool) or not isinstance(iters, int)
+                             or iters < 1):
+        raise ValueError(f"zero_tprune iters must be an int >= 1 (WPR iterations) or 'paper' "
+                         f"(the paper's per-layer counts), got {iters!r}")
     if isinstance(s_share, bool) or not isinstance(s_share, (int, float)) \
             or not 0 <= s_share <= 1:
         raise ValueError(f"zero_tprune s_share must be a number in [0, 1] (the share of r the "
@@ -131,7 +148,7 @@ def wpr(probs: Tensor, iters: int, class_token: bool, var_min: float = 0.01,
 
 @MATCHING.register("zero_tprune", "zero-tprune", "zerotprune")
 @uses("metric", reduction="prune", bound="all_but_one", attention=frozenset({"full"}))
-def zero_tprune(ctx: MatchContext, r: int, iters: int = 5, s_share: float = 0.5,
+def zero_tprune(ctx: MatchContext, r: int, iters: int | str = 5, s_share: float = 0.5,
                 var_min: float = 0.01, var_max: float = 0.7) -> tuple[MergeFn, MergeFn]:
     """Prunes r unprotected tokens: r_S by similarity among the less important half, then r_I
     by WPR importance over the remaining graph.
@@ -140,7 +157,8 @@ def zero_tprune(ctx: MatchContext, r: int, iters: int = 5, s_share: float = 0.5,
         ctx: the block's metric [B, N, C'], prefix count, class-token flag and full attention
             probabilities (``attn.full`` [B, H, N, N]).
         r: tokens removed (1 <= r <= N - prefix - 1).
-        iters: WPR iterations of the I-stage (the I'-stage runs one).
+        iters: WPR iterations of the I-stage (the I'-stage runs one), or ``"paper"`` for
+            the paper's per-layer counts (:func:`block_iters`).
         s_share: the share of r the S-stage removes (at most half the unprotected tokens).
         var_min, var_max: the Variance-based Head Filter's bounds (on N s_h).
 
@@ -174,18 +192,23 @@ def zero_tprune(ctx: MatchContext, r: int, iters: int = 5, s_share: float = 0.5,
             sub = sub.gather(3, alive[:, None, None, :].expand(-1, probs.shape[1],
                                                                n - r_s, -1))
             sub = sub / sub.sum(-1, keepdim=True)  # (B, H, N', N') rows renormalised
-            score = wpr(sub, iters, ctx.class_token, var_min, var_max)[:, p:]  # (B, N' - p)
+            its = block_iters(iters, ctx.block, ctx.depth)
+            score = wpr(sub, its, ctx.class_token, var_min, var_max)[:, p:]  # (B, N' - p)
             top = score.topk(n - r_s - p - r_i, dim=1).indices.sort(dim=1).values + p
             alive = torch.cat([alive[:, :p], alive.gather(1, top)], dim=1)  # (B, N - r)
     return prune_fns(alive, n)
 
 
-def _flops(spec: ViTSpec, n: int, r: int, iters: int = 5, s_share: float = 0.5,
-           **options: Any) -> int:
+def _flops(spec: ViTSpec, n: int, r: int, iters: int | str = 5, s_share: float = 0.5,
+           block: int | None = None, **options: Any) -> int:
     """The I'-stage's one [N, N] x [N] product per head and the S-stage's [floor(M/2),
-    M - floor(M/2)] similarity (when r_S > 0), and ``iters`` [N', N'] x [N'] products per
-    head in the I-stage (N' = N - r_S; when r_I > 0); the full attention probabilities are
-    counted by :func:`tome_lab.flops.stats_flops`."""
+    M - floor(M/2)] similarity (when r_S > 0), and the block's iterations
+    (:func:`block_iters`) of [N', N'] x [N'] products per head in the I-stage (N' = N - r_S;
+    when r_I > 0); the full attention probabilities are counted by
+    :func:`tome_lab.flops.stats_flops`."""
+    if iters == "paper" and block is None:
+        raise ValueError("zero_tprune iters='paper' differs per block: its FLOP count needs "
+                         "the block index")
     heads = spec.attn_dim // spec.head_dim
     m = n - spec.num_prefix
     r_s, r_i = split_r(r, m, s_share)
@@ -193,7 +216,7 @@ def _flops(spec: ViTSpec, n: int, r: int, iters: int = 5, s_share: float = 0.5,
     if r_s > 0:
         total += heads * n * n + (m // 2) * (m - m // 2) * metric_width(spec)
     if r_i > 0:
-        total += iters * heads * (n - r_s) ** 2
+        total += block_iters(iters, block or 0, spec.depth) * heads * (n - r_s) ** 2
     return total
 
 
