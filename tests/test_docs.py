@@ -497,3 +497,24 @@ def test_searched_ats_files_are_way_c_rows(tmp_path):
     assert line.startswith("| 0.0800 | `matching=ats` (avg) | list r=4 | 0.0800 | "
                            "0.0500 [0.0400, 0.0700] | -37.5% |")
     assert line.endswith("| 0.002 | this better |")
+
+
+def test_learned_vs_search_groups_by_task_budget_and_method(tmp_path):
+    """Two tasks: one row per (task, budget, method), mean +- sd [min, max] over the seeds,
+    a missing wall time shown as '-'."""
+    def row(task, method, seed, test, wall):
+        return {"task": task, "model": f"vit_{task}", "method": method, "budget": "b20",
+                "budget_gflops": 0.08, "seed": seed, "gflops": 0.0799, "top1_val": test + 1,
+                "top1_test": test, "wall_s": wall}
+
+    rows = [row("dots", "diffrate", 0, 90.0, 100.0), row("dots", "diffrate", 1, 92.0, None),
+            row("clutter", "optuna", 0, 80.0, 50.0)]
+    ctx = _methods_ctx(tmp_path, cmp=rows)
+    text = report.TABLES.get("learned-vs-search")(ctx, "cmp.jsonl")
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert lines == [
+        "| clutter | b20 (0.0800) | Optuna search (bipartite schedules) | 0 | 80.00 +- 0.00 "
+        "[80.00, 80.00] | 81.00 +- 0.00 [81.00, 81.00] | 0.0799 | 50 |",
+        "| dots | b20 (0.0800) | learned pairs (soft masks) | 0, 1 | 91.00 +- 1.41 "
+        "[90.00, 92.00] | 92.00 +- 1.41 [91.00, 93.00] | 0.0799 | 100, - |"]
+    assert "vit_clutter on clutter, vit_dots on dots." in text

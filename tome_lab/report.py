@@ -326,34 +326,49 @@ def attn_stats_cost(ctx: Ctx, file: str) -> str:
 
 @TABLES.register("learned-vs-search")
 def learned_vs_search(ctx: Ctx, file: str) -> str:
-    """``benchmarks/diffrate_vs_search.py``'s rows: per budget and method, test and val top-1
-    over the seeds (mean +- sample sd [min, max]), GFLOPs and each job's wall time."""
+    """``benchmarks/diffrate_vs_search.py``'s rows: per task, budget and method, test and val
+    top-1 over the seeds (mean +- sample sd [min, max]), GFLOPs and each job's wall time."""
     import statistics
 
     rows = ctx.jsonl(file)
     names = {"optuna": "Optuna search (bipartite schedules)",
              "diffrate": "learned pairs (soft masks)",
              "diffrate-hard": "learned pairs (straight-through)"}
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["budget"], r["method"]), []).append(r)
+        groups.setdefault((r["task"], r["budget"], r["method"]), []).append(r)
 
     def spread(vals: list[float]) -> str:
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.mean(vals):.2f} +- {sd:.2f} [{min(vals):.2f}, {max(vals):.2f}]"
 
     out = []
-    for (budget, method), rs in sorted(groups.items()):
+    for (task, budget, method), rs in sorted(groups.items()):
         g = [r["gflops"] for r in rs]
-        out.append([f"{budget} ({rs[0]['budget_gflops']:.4f})", names.get(method, method),
+        walls = [r.get("wall_s") for r in rs]
+        out.append([task, f"{budget} ({rs[0]['budget_gflops']:.4f})", names.get(method, method),
                     ", ".join(str(r["seed"]) for r in rs), spread([r["top1_test"] for r in rs]),
                     spread([r["top1_val"] for r in rs]),
                     f"{min(g):.4f}" + (f"-{max(g):.4f}" if f"{max(g):.4f}" != f"{min(g):.4f}"
                                        else ""),
-                    ", ".join(f"{r['wall_s']:.0f}" for r in rs)])
-    return (_md(["budget", "method", "seeds", "test top-1", "val top-1", "GFLOPs",
+                    ", ".join("-" if w is None else f"{w:.0f}" for w in walls)])
+    models = sorted({(r["task"], r["model"]) for r in rows})
+    return (_md(["task", "budget", "method", "seeds", "test top-1", "val top-1", "GFLOPs",
                  "wall s per job"], out)
-            + f"\n\n{rows[0]['model']} on {rows[0]['task']}. " + ctx.source(file))
+            + "\n\n" + ", ".join(f"{m} on {t}" for t, m in models) + ". " + ctx.source(file))
+
+
+@TABLES.register("learned-rate-variants")
+def learned_rate_variants(ctx: Ctx, file: str) -> str:
+    """``benchmarks/diffrate_variants.py``: each form of the relaxation's exported pairs on
+    val, with their GFLOPs against the target."""
+    d = ctx.json(file)
+    out = [[f"`{r['counts']}`", f"{r['tau_end']:g}", f"{r['start']:g}", f"{r['top1_val']:.1f}",
+            f"{r['gflops']:.4f}", f"{r['expected_gflops']:.4f}", str(r["repair_steps"]),
+            f"{r['learn_s']:.0f}"] for r in d["rows"]]
+    return (_md(["counts", "tau_end", "start", "val top-1 of the export", "GFLOPs",
+                 "relaxation's GFLOPs", "repair steps", "learn s"], out)
+            + f"\n\nTarget {d['target']} GFLOPs. " + ctx.source(file))
 
 
 @TABLES.register("launchers")
