@@ -96,7 +96,7 @@ def _check(model: nn.Module) -> None:
                 f"block {i} attention holds submodules ToMe does not understand: {sorted(extra)}")
 
 
-def _patch_embed_flops(model: nn.Module) -> int:
+def patch_embed_flops(model: nn.Module) -> int:
     """FLOPs of the patch embedding: closed form for timm's PatchEmbed, fvcore otherwise."""
     from timm.layers import PatchEmbed
 
@@ -125,7 +125,7 @@ def timm_spec(model: nn.Module) -> ViTSpec:
     attn_flops = (_token_flops(blk.norm1) + per_head + _token_flops(attn.qkv)
                   + _token_flops(attn.norm) + _token_flops(getattr(attn, "gate", None))
                   + _token_flops(attn.proj))
-    fixed = (_patch_embed_flops(model) + _token_flops(model.norm_pre) * num_tokens
+    fixed = (patch_embed_flops(model) + _token_flops(model.norm_pre) * num_tokens
              + _token_flops(model.fc_norm) + sum(h.weight.numel() for h in heads))
     return ViTSpec(
         depth=len(model.blocks),
@@ -139,11 +139,11 @@ def timm_spec(model: nn.Module) -> ViTSpec:
         mlp_token_flops=_token_flops(blk.norm2) + _token_flops(blk.mlp),
         final_token_flops=_token_flops(model.norm),
         fixed_flops=fixed,
-        grid=_grid(pe),
+        grid=grid_of(pe),
     )
 
 
-def _grid(patch_embed: nn.Module) -> tuple[int, int] | None:
+def grid_of(patch_embed: nn.Module) -> tuple[int, int] | None:
     """(rows, columns) of the patch grid, or None when the stem has no 2-D grid."""
     grid = getattr(patch_embed, "grid_size", None)
     if grid is None or len(grid) != 2:

@@ -144,7 +144,7 @@ def eva_spec(model: nn.Module) -> ViTSpec:
     output projection before the merge, norm2 and the MLP after it; the final norm per token
     leaving; the patch embedding, pre-norm, fc_norm and head fixed. The rotary embedding is
     element-wise (no FLOPs in fvcore's convention)."""
-    from tome_lab.patch import _grid, _patch_embed_flops
+    from tome_lab.patch import grid_of, patch_embed_flops
 
     _check(model)
     blk = model.blocks[0]
@@ -157,7 +157,7 @@ def eva_spec(model: nn.Module) -> ViTSpec:
                   + _token_flops(attn.gate) + _token_flops(attn.proj))
     num_tokens = model.patch_embed.num_patches + model.num_prefix_tokens
     head = model.head.weight.numel() if isinstance(model.head, nn.Linear) else 0
-    fixed = (_patch_embed_flops(model) + _token_flops(model.norm_pre) * num_tokens
+    fixed = (patch_embed_flops(model) + _token_flops(model.norm_pre) * num_tokens
              + _token_flops(model.fc_norm) + head)
     return ViTSpec(
         depth=len(model.blocks),
@@ -171,7 +171,7 @@ def eva_spec(model: nn.Module) -> ViTSpec:
         mlp_token_flops=_token_flops(blk.norm2) + _token_flops(blk.mlp),
         final_token_flops=_token_flops(model.norm),
         fixed_flops=fixed,
-        grid=_grid(model.patch_embed),
+        grid=grid_of(model.patch_embed),
     )
 
 
