@@ -40,7 +40,9 @@ patch mass, and a presence a, how much it still counts as a token, both 1 at the
 - E[GFLOPs]: the analytic count (:func:`tome_lab.flops.analytic_gflops`'s terms, the
   composite's statistic and similarity included) at the expected token counts, the batch means
   of the presences, entering each block, after its pruning and after its merging (E[n]^2
-  stands for E[n^2] in attention's term).
+  stands for E[n^2] in attention's term). The statistic is counted in every block, where the
+  exported composite computes it only in blocks that prune: an upper bound, by one class
+  row per block with a class token (every query's row without one).
 
 Export: the expected per-block counts rounded, made feasible (the ``pairs`` schedule's
 bounds), then repaired by single-token steps until the exact analytic count of the pairs is at
@@ -48,7 +50,8 @@ most the target and one step from it (the relaxation's count is an expectation; 
 size is recorded). Deviations from DiffRate: its merge assigns each removed token to the most
 similar kept token over all of them, here bipartite matching (the merge every method here is
 compared with); its candidates are every token count and its mask uses a straight-through
-discrete sample, here a grid of ``grid`` counts and the expected (soft) mask throughout;
+discrete sample, here a grid of ``grid`` counts and the expected (soft) mask, annealed toward
+one-hot (``hard=True`` gives the straight-through form);
 DiffRate learns on ImageNet for a few epochs, here a few hundred steps of an embedded task.
 The relaxation splits A/B over the full sequence in every block, the composite over the
 tokens left; the two agree in the first reducing block (a test holds the one-hot endpoints
