@@ -196,6 +196,41 @@ def test_round_pairs_repairs_to_the_target():
                         or diffrate.pairs_gflops(spec, back) <= g)
 
 
+def test_keep_and_merge_probabilities_follow_their_definitions():
+    """At temperature 0.3, against plain Python: kept counts K_c (m0, m0 - g, ...): P(K > j);
+    removed counts P_c (0, g, ...) of n present: P(P < n - j); merge counts M_c: P(M > e)."""
+    import math
+
+    g, m0 = 3, 10
+    for counts in ("kept", "removed"):
+        rates = Rates(2, m0, grid=g, counts=counts)
+        with torch.no_grad():
+            rates.prune_logits.copy_(torch.randn(2, len(rates.prune)))
+            rates.merge_logits.copy_(torch.randn(2, len(rates.merge)))
+        rates.tau = 0.3
+
+        def softmax(row):
+            e = [math.exp(v / 0.3) for v in row]
+            return [v / sum(e) for v in e]
+
+        pi = softmax(rates.prune_logits[1].tolist())
+        cand = rates.prune.tolist()
+        present = torch.tensor([10.0, 7.0])
+        got = rates.keep_prob(1, m0, present)
+        for b, n in enumerate(present.tolist()):
+            for j in range(m0):
+                if counts == "kept":
+                    want = sum(p for p, k in zip(pi, cand, strict=True) if k > j)
+                else:
+                    want = sum(p for p, c in zip(pi, cand, strict=True) if c < n - j)
+                assert got[b, j].item() == pytest.approx(want, abs=1e-6)
+        rho = softmax(rates.merge_logits[0].tolist())
+        got = rates.merge_prob(0, 5)
+        for e in range(5):
+            want = sum(p for p, mm in zip(rho, rates.merge.tolist(), strict=True) if mm > e)
+            assert got[e].item() == pytest.approx(want, abs=1e-6)
+
+
 def test_temperature_anneals_to_tau_end():
     got, _, _ = _learn(0, steps=5)
     assert got["taus"][0] == 1.0 and got["taus"][-1] == pytest.approx(0.1)
