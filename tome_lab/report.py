@@ -704,10 +704,11 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
             if "seed" in w:
                 seeds[(budget, method.replace(f" seed={w['seed']}", ""))].append(row["top1"])
     spread = "; ".join(f"{m} at {g}: {min(v):.1f} to {max(v):.1f} over {len(v)} seeds"
-                       for (g, m), v in seeds.items())
+                       for (g, m), v in seeds.items() if len(v) > 1)
     n = ", ".join(map(str, sorted({row["n_images"] for rows in per_file for row in rows
                                    if "n_images" in row})))
-    ref = per_file[0][0]
+    models = ", ".join(dict.fromkeys(f"{rows[0]['model']} on {rows[0]['data']}"
+                                     for rows in per_file))
     header = ["budget (GFLOPs)", "method", "schedule", "GFLOPs", "vs budget", "img/s",
               "top-1 [95% CI]", "reference - this [95% paired CI]", "McNemar p", "Holm p",
               "verdict"]
@@ -719,7 +720,7 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
                     "per-image GFLOPs are averages over the images, GFLOPs is the padded "
                     "batch's cap, and vs budget and the 5% rule use the per-image mean")
     return (_md(header, out)
-            + f"\n\n({n} test images; {ref['model']} on {ref['data']}; Holm over the "
+            + f"\n\n({n} test images; {models}; Holm over the "
             f"{len(tests)} comparisons of this table (rows refused or more than "
             f"{100 * OVER_BUDGET:.0f}% over their budget left out)"
             + (f"; stochastic methods' spread: {spread}" if spread else "") + averaged + ") "
