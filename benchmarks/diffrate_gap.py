@@ -70,7 +70,7 @@ def main() -> int:
            "expected_gflops": got["expected_gflops"], "learn_s": got["wall_s"]}
     x = next(iter(val))[0]
     for name, hard in (("relaxed_soft", False), ("relaxed_hard", True)):
-        relaxed = Relaxed(model, rates, hard)
+        relaxed = Relaxed(model, rates, hard).eval()  # eval: the stem's BatchNorm in eval mode
         out[f"top1_val_{name}"] = score(relaxed, val, "cpu", progress_bar=False)["top1"]
         with torch.no_grad():  # its GFLOPs at the token counts it keeps (first val batch)
             counts = relaxed_forward(relaxed.model, rates, x, hard)[1]

@@ -142,13 +142,65 @@ def _learn(seed, steps, hard=False):
 
 
 def test_learn_leaves_a_patched_model_as_it_came():
-    m = tome_lab.apply_tome(tiny_vit(depth=3).eval(), r=2, matching="pruning")
+    """Configuration, outputs, train mode and requires_grad as before; also when learning
+    fails part-way (a loader that raises)."""
+    m = tome_lab.apply_tome(tiny_vit(depth=3), r=2, matching="pruning").train()
     cfg_before = tome_lab.tome_state(m).config
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = m.eval()(x)
+    m.train()
     spec = tome_lab.vit_spec(m)
     target = tome_lab.analytic_gflops(spec, [0] * 3) / 1.5
-    learn(m, _data(tome_lab.remove_tome(copy.deepcopy(m)), n_batches=1),
-          DiffRateConfig(gflops=target, steps=1, batch_size=8, grid=1))
-    assert tome_lab.tome_state(m).config == cfg_before
+    data = _data(tome_lab.remove_tome(copy.deepcopy(m)).eval(), n_batches=1)
+
+    def broken():
+        yield data[0]
+        raise RuntimeError("loader failed")
+
+    for loader in (data, broken()):
+        cfg = DiffRateConfig(gflops=target, steps=1 if loader is data else 5, batch_size=8,
+                             grid=1)
+        if loader is data:
+            learn(m, loader, cfg)
+        else:
+            with pytest.raises(RuntimeError, match="loader failed"):
+                learn(m, loader, cfg)
+        assert tome_lab.tome_state(m).config == cfg_before
+        assert m.training and all(p.requires_grad for p in m.parameters())
+        with torch.no_grad():
+            torch.testing.assert_close(m.eval()(x), want)
+        m.train()
+
+
+def test_relaxation_refuses_what_it_cannot_learn_on():
+    """A max pool would still see faded tokens; an image tower returns no class logits; and
+    gradient checkpointing gives the same rate gradients as without (presences per slot)."""
+    with pytest.raises(TypeError, match="global_pool='avgmax' takes a max over the tokens"):
+        relax(tiny_vit("vit_medium_patch16_gap_256", depth=3, global_pool="avgmax"))
+    headless = relax(tiny_vit(depth=3, num_classes=0).eval())
+    rates = Rates(3, 16, grid=4)
+    with pytest.raises(TypeError, match="not class logits"):
+        # num_classes=0: [B, C] features, which pass; a [B, N, C] token output does not
+        headless.forward = lambda images: torch.zeros(2, 17, 64)
+        relaxed_forward(headless, rates, torch.randn(2, 3, 64, 64))
+    grads = []
+    for ckpt in (False, True):
+        m = relax(tiny_vit(depth=3).eval())
+        m.set_grad_checkpointing(ckpt)
+        r = Rates(3, 16, grid=2)
+        with torch.no_grad():
+            r.prune_logits.copy_(torch.linspace(-1, 1, r.prune_logits.numel()).view_as(
+                r.prune_logits))
+            r.merge_logits.copy_(torch.linspace(1, -1, r.merge_logits.numel()).view_as(
+                r.merge_logits))
+        logits, counts = relaxed_forward(m, r, torch.randn(2, 3, 64, 64,
+                                                           generator=torch.Generator()
+                                                           .manual_seed(0)))
+        (logits.square().sum() + counts.sum()).backward()
+        grads.append((r.prune_logits.grad.clone(), r.merge_logits.grad.clone(), counts))
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_learn_meets_the_target_and_seeds_reproduce():

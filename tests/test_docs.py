@@ -518,3 +518,21 @@ def test_learned_vs_search_groups_by_task_budget_and_method(tmp_path):
         "| dots | b20 (0.0800) | learned pairs (soft masks) | 0, 1 | 91.00 +- 1.41 "
         "[90.00, 92.00] | 92.00 +- 1.41 [91.00, 93.00] | 0.0799 | 100, - |"]
     assert "vit_clutter on clutter, vit_dots on dots." in text
+
+
+def test_learned_rate_variants_table(tmp_path):
+    import json
+
+    rows = [{"counts": "kept", "tau_end": 1.0, "start": 3.0, "top1_val": 86.6, "gflops": 0.08169,
+             "expected_gflops": 0.0824, "repair_steps": 42, "learn_s": 63.3, "pairs": []},
+            {"counts": "removed", "tau_end": 0.1, "start": 6.0, "top1_val": 90.0,
+             "gflops": 0.08169, "expected_gflops": 0.08213, "repair_steps": 1, "learn_s": 64.7,
+             "pairs": []}]
+    (tmp_path / "v.json").write_text(json.dumps({"target": 0.0817, "rows": rows}))
+    (tmp_path / "docs").mkdir()
+    text = report.TABLES.get("learned-rate-variants")(
+        report.Ctx(tmp_path, tmp_path / "docs" / "methods.md"), "v.json")
+    lines = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert lines == ["| `kept` | 1 | 3 | 86.6 | 0.0817 | 0.0824 | 42 | 63 |",
+                     "| `removed` | 0.1 | 6 | 90.0 | 0.0817 | 0.0821 | 1 | 65 |"]
+    assert "Target 0.0817 GFLOPs." in text

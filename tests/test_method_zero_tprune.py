@@ -95,8 +95,8 @@ CASES = [
     pytest.param("deit_t", [0, 120, 0, 30, 0, 0], dict(iters=3), id="deit_t-r120-30",
                  marks=pytest.mark.full),
     pytest.param("avg_no_cls", 20, {}, id="avg_no_cls-r20"),
-    # the paper's per-layer counts: 30 in blocks 0-2, 1 in blocks 3-5 of deit_t
-    pytest.param("deit_t", 8, dict(iters="paper", s_share=0.25), id="deit_t-r8-paper"),
+    # the paper's per-layer counts: 30 in blocks 0-2, 5 in block 3, 1 in blocks 4-6
+    pytest.param("deit_t7", 4, dict(iters="paper", s_share=0.0), id="deit_t7-r4-paper"),
     pytest.param("avg_no_cls", 6, dict(iters=2, s_share=1.0), id="avg_no_cls-r6-s1",
                  marks=pytest.mark.full),
     pytest.param("deit_s_distilled", [30, 0, 10, 4], dict(s_share=0.0), id="distilled-i-only"),

@@ -270,6 +270,8 @@ MODELS = {
                                                  scale_mlp_norm=True), 128),
     "gated": ("deit_tiny_patch16_224", dict(depth=4), 128),  # gates added in _model
     "qk_norm": ("deit_tiny_patch16_224", dict(depth=4, qk_norm=True), 128),
+    # deep enough for a first, a middle and a last stage (zero_tprune's iters="paper")
+    "deit_t7": ("deit_tiny_patch16_224", dict(depth=7), 96),
 }
 
 

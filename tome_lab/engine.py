@@ -220,6 +220,12 @@ class Family:
         """Undoes :meth:`install`: the model computes what its library computes."""
         raise NotImplementedError
 
+    def relax_refusal(self, model: nn.Module) -> str | None:
+        """Why a :class:`Relaxation` cannot stand in for merging on ``model``, or None: a
+        relaxation keeps faded tokens in the sequence, so an output that reads every token
+        without their sizes (a max pool) would still see them."""
+        return None
+
 
 def family_of(model: nn.Module) -> Family:
     """The adapter of ``model``'s family; ``TypeError`` naming the supported ones otherwise."""

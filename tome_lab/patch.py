@@ -314,6 +314,13 @@ class TimmViT(Family):
         model.forward_features = partial(_forward_features, model)
         model.pool = partial(_pool, model)
 
+    def relax_refusal(self, model: nn.Module) -> str | None:
+        if model.global_pool in ("max", "avgmax"):
+            return (f"global_pool={model.global_pool!r} takes a max over the tokens, where a "
+                    f"faded token still counts; the learned-rate relaxation needs a size-aware "
+                    f"output (global_pool 'token' or 'avg')")
+        return None
+
     def remove(self, model: nn.Module) -> None:
         _, block_cls, _ = _timm_classes()
         for blk in model.blocks:

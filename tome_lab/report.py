@@ -701,10 +701,12 @@ def methods_compare(ctx: Ctx, *files: str) -> str:
                 cells += [f"{row['diff']:+.1f} [{row['diff_low']:+.1f}, {row['diff_high']:+.1f}]",
                           f"{row['mcnemar_p']:.2g}", f"{p_holm:.2g}", verdict]
             out.append(cells)
-            if "seed" in w:
-                seeds[(budget, method.replace(f" seed={w['seed']}", ""))].append(row["top1"])
+            if "seed" in w:  # one setting's draws: every word the same but the seed
+                same = " ".join(f"{k}={v}" for k, v in w.items() if k != "seed")
+                seeds[(budget, same, method.replace(f" seed={w['seed']}", ""))].append(
+                    row["top1"])
     spread = "; ".join(f"{m} at {g}: {min(v):.1f} to {max(v):.1f} over {len(v)} seeds"
-                       for (g, m), v in seeds.items() if len(v) > 1)
+                       for (g, _, m), v in seeds.items() if len(v) > 1)
     n = ", ".join(map(str, sorted({row["n_images"] for rows in per_file for row in rows
                                    if "n_images" in row})))
     models = ", ".join(dict.fromkeys(f"{rows[0]['model']} on {rows[0]['data']}"

@@ -86,6 +86,7 @@ from tome_lab.engine import (
     apply_config,
     attention_stats,
     block_metric,
+    family_of,
     remove_tome,
     tome_state,
     vit_spec,
@@ -131,7 +132,7 @@ class DiffRateConfig:
     hard: bool = False
     counts: str = "kept"
     tau_end: float = 0.1
-    start: float = 3.0
+    start: float = 3.0  # e^3 ~ 20 against ~24 prune / ~12 merge candidates at 0: ~0.45 / ~0.6
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -207,10 +208,14 @@ class Rates(nn.Module):
 
 def relax(model: nn.Module) -> nn.Module:
     """Prepares ``model`` (in place) for :func:`relaxed_forward`: patched with no reduction,
-    proportional attention on, through its family's adapter (``TypeError`` for a model of no
-    supported family); :func:`~tome_lab.engine.remove_tome` undoes it."""
+    proportional attention on, through its family's adapter; :func:`~tome_lab.engine.remove_tome`
+    undoes it. ``TypeError`` for a model of no supported family, or one whose output would
+    still see faded tokens (its family's :meth:`~tome_lab.engine.Family.relax_refusal`)."""
     from tome_lab.config import ToMeConfig
 
+    why = family_of(model).relax_refusal(model)
+    if why is not None:
+        raise TypeError(f"{type(model).__name__}: {why}")
     return apply_config(model, ToMeConfig(r=0, matching="bipartite", prop_attn=True))
 
 
@@ -241,7 +246,10 @@ class RateRelaxation(Relaxation):
         b, n, _ = x.shape
         p = spec.num_prefix
         size = tome.sizes[i] if tome.sizes[i] is not None else x.new_ones(b, n, 1)
-        alive = tome.aux.get("alive")
+        # presences per slot, read at i and written at i + 1 (never a running value), so a
+        # block recomputed under gradient checkpointing sees its first run's inputs
+        slots = tome.aux.setdefault("alive", {})
+        alive = slots.get(i)
         alive = x.new_ones(b, n) if alive is None else alive
         n_in = alive.sum(1).mean()
         # prune: rank the unprotected tokens by importance, keep rank j with P(K > j)
@@ -278,8 +286,8 @@ class RateRelaxation(Relaxation):
         x = _interleave(x[:, ::2], x_b)
         size = _interleave(size_a - mass, size_b + into)
         alive = _interleave(alive[:, ::2] * (1 - frac), alive[:, 1::2])
-        tome.aux["alive"] = alive
-        tome.aux.setdefault("counts", []).append(torch.stack([n_in, n_mid, alive.sum(1).mean()]))
+        slots[i + 1] = alive
+        tome.aux.setdefault("counts", {})[i] = torch.stack([n_in, n_mid, alive.sum(1).mean()])
         # the next block's attention adds log size; a faded token's floor keeps it finite
         tome.sizes[i + 1] = size
         tome.masks[i + 1] = plan.mask(size.clamp_min(1e-12))
@@ -294,7 +302,7 @@ def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, hard: bool =
     and [depth, 3] expected token counts per block (entering, after pruning, after merging;
     batch means). ``hard``: straight-through masks (see :class:`DiffRateConfig`). The logits
     are the model's output, or its ``logits`` field when it returns a record (Hugging Face
-    classifiers)."""
+    classifiers); any other output (an image tower's embeddings) is a ``TypeError``."""
     state = tome_state(model)
     if state is None or state.config.r != 0 or state.config.matching != "bipartite":
         raise ValueError("relaxed_forward runs a model prepared by diffrate.relax(model)")
@@ -304,7 +312,12 @@ def relaxed_forward(model: nn.Module, rates: Rates, images: Tensor, hard: bool =
     finally:
         state.relax = None
     logits = getattr(out, "logits", out)  # a library's output record, or the tensor itself
-    return logits, torch.stack(state.last.aux["counts"])
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise TypeError(f"{type(model).__name__} returns {type(out).__name__}, not class "
+                        f"logits [B, classes]: the learned rates train a classifier (an image "
+                        f"tower's embeddings have no labels to learn from)")
+    counts = state.last.aux["counts"]
+    return logits, torch.stack([counts[i] for i in range(len(counts))])
 
 
 def _interleave(a: Tensor, b: Tensor) -> Tensor:
@@ -415,11 +428,27 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    before = tome_state(model)
+    before, was_training = tome_state(model), model.training
+    grads = [prm.requires_grad for prm in model.parameters()]
     spec = tome_state(relax(model)).spec
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
+    try:
+        return _learn(model, loader, cfg, spec, log)
+    finally:  # the model as it came: configuration, mode and which parameters need grad
+        if before is None:
+            remove_tome(model)
+        else:
+            apply_config(model, before.config)
+        model.train(was_training)
+        for prm, g in zip(model.parameters(), grads, strict=True):
+            prm.requires_grad_(g)
+
+
+def _learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, spec: ViTSpec, log: Any
+           ) -> dict[str, Any]:
+    """:func:`learn`'s optimisation on a model prepared by :func:`relax`."""
     m0 = spec.num_tokens - spec.num_prefix
     grid = cfg.grid or max(1, m0 // 24)
     rates = Rates(spec.depth, m0, grid, cfg.counts)
@@ -453,10 +482,6 @@ def learn(model: nn.Module, loader: Any, cfg: DiffRateConfig, log: Any = None
                                   "flop_error": round(errors[-1], 4)}), file=log, flush=True)
             if step >= cfg.steps:
                 break
-    if before is None:
-        remove_tome(model)
-    else:
-        apply_config(model, before.config)
     counts = counts.detach()
     pairs, repair = round_pairs(spec, counts, cfg.gflops)
     return {"pairs": pairs, "gflops": pairs_gflops(spec, pairs),
@@ -488,19 +513,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gflops", type=float, default=None, help="The FLOP target.")
     ap.add_argument("--divide", type=float, default=None,
                     help="Target = the unmerged model's GFLOPs / this (instead of --gflops).")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--lam", type=float, default=20.0)
-    ap.add_argument("--grid", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=DiffRateConfig.steps)
+    ap.add_argument("--batch-size", type=int, default=DiffRateConfig.batch_size)
+    ap.add_argument("--lr", type=float, default=DiffRateConfig.lr)
+    ap.add_argument("--lam", type=float, default=DiffRateConfig.lam)
+    ap.add_argument("--grid", type=int, default=DiffRateConfig.grid)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="Images of val and test to score.")
-    ap.add_argument("--counts", default="kept", choices=COUNTS,
+    ap.add_argument("--counts", default=DiffRateConfig.counts, choices=COUNTS,
                     help="What a prune candidate counts (DiffRateConfig.counts).")
-    ap.add_argument("--tau-end", type=float, default=0.1,
+    ap.add_argument("--tau-end", type=float, default=DiffRateConfig.tau_end,
                     help="Final softmax temperature of the candidates (DiffRateConfig.tau_end).")
-    ap.add_argument("--start", type=float, default=3.0,
+    ap.add_argument("--start", type=float, default=DiffRateConfig.start,
                     help="Start logit of 'prune none' and 'merge none' (DiffRateConfig.start).")
     ap.add_argument("--hard", action="store_true",
                     help="Straight-through hard masks in the forward (DiffRateConfig.hard).")
