@@ -176,8 +176,12 @@ def test_learn_leaves_a_patched_model_as_it_came():
 def test_relaxation_refuses_what_it_cannot_learn_on():
     """A max pool would still see faded tokens; an image tower returns no class logits; and
     gradient checkpointing gives the same rate gradients as without (presences per slot)."""
+    from test_family_eva import _eva
+
     with pytest.raises(TypeError, match="global_pool='avgmax' takes a max over the tokens"):
         relax(tiny_vit("vit_medium_patch16_gap_256", depth=3, global_pool="avgmax"))
+    with pytest.raises(TypeError, match="Eva: global_pool='max' takes a max over the tokens"):
+        relax(_eva(global_pool="max"))
     headless = relax(tiny_vit(depth=3, num_classes=0).eval())
     rates = Rates(3, 16, grid=4)
     with pytest.raises(TypeError, match="not class logits"):

@@ -143,6 +143,16 @@ def timm_spec(model: nn.Module) -> ViTSpec:
     )
 
 
+def max_pool_refusal(global_pool: str) -> str | None:
+    """Why a timm model pooled by ``global_pool`` cannot run the learned-rate relaxation (a
+    max over the tokens still sees faded ones), or None; shared by the timm families."""
+    if global_pool in ("max", "avgmax"):
+        return (f"global_pool={global_pool!r} takes a max over the tokens, where a faded token "
+                f"still counts; the learned-rate relaxation needs a size-aware output "
+                f"(global_pool 'token' or 'avg')")
+    return None
+
+
 def grid_of(patch_embed: nn.Module) -> tuple[int, int] | None:
     """(rows, columns) of the patch grid, or None when the stem has no 2-D grid."""
     grid = getattr(patch_embed, "grid_size", None)
@@ -315,11 +325,7 @@ class TimmViT(Family):
         model.pool = partial(_pool, model)
 
     def relax_refusal(self, model: nn.Module) -> str | None:
-        if model.global_pool in ("max", "avgmax"):
-            return (f"global_pool={model.global_pool!r} takes a max over the tokens, where a "
-                    f"faded token still counts; the learned-rate relaxation needs a size-aware "
-                    f"output (global_pool 'token' or 'avg')")
-        return None
+        return max_pool_refusal(model.global_pool)
 
     def remove(self, model: nn.Module) -> None:
         _, block_cls, _ = _timm_classes()

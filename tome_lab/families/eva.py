@@ -431,6 +431,11 @@ class EvaFamily(Family):
         model.forward_features = partial(_forward_features, model)
         model.pool = partial(_pool, model)
 
+    def relax_refusal(self, model: nn.Module) -> str | None:
+        from tome_lab.patch import max_pool_refusal
+
+        return max_pool_refusal(model.global_pool)
+
     def remove(self, model: nn.Module) -> None:
         block_cls = _classes()["block"]
         for blk in model.blocks:
