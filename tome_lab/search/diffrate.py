@@ -12,8 +12,10 @@ composite reduction (:mod:`tome_lab.matching.composite`) runs in ``evaluate``, `
 The relaxation runs inside the model's own patched forward: :func:`relax` patches the model
 through its family's adapter with no reduction, and :class:`RateRelaxation` (an
 :class:`tome_lab.engine.Relaxation`) replaces every block's merge step, reading the block's
-own q, k and v from the engine; so it learns on any family the engine patches (timm ViT and
-EVA, Hugging Face, open_clip), and only the adapters know a model library. For rotary
+own q, k and v from the engine; so it learns on any classifier of a family the engine
+patches (tested on timm ViTs, a Hugging Face ViT classifier and a RoPE EVA), and only the
+adapters know a model library. A model that returns no class logits (an image tower's
+embeddings) or whose output still sees faded tokens (a max pool) is refused. For rotary
 families a token keeps its start position (a soft merge moves none).
 
 The relaxation (all tokens stay in the sequence while learning; each carries a size s, its
