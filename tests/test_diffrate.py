@@ -174,8 +174,7 @@ def test_learn_leaves_a_patched_model_as_it_came():
 
 
 def test_relaxation_refuses_what_it_cannot_learn_on():
-    """A max pool would still see faded tokens; an image tower returns no class logits; and
-    gradient checkpointing gives the same rate gradients as without (presences per slot)."""
+    """A max pool would still see faded tokens; an image tower returns no class logits."""
     from test_family_eva import _eva
 
     with pytest.raises(TypeError, match="global_pool='avgmax' takes a max over the tokens"):
@@ -188,6 +187,10 @@ def test_relaxation_refuses_what_it_cannot_learn_on():
         # num_classes=0: [B, C] features, which pass; a [B, N, C] token output does not
         headless.forward = lambda images: torch.zeros(2, 17, 64)
         relaxed_forward(headless, rates, torch.randn(2, 3, 64, 64))
+
+
+def test_gradient_checkpointing_gives_the_same_rate_gradients():
+    """Presences are kept per slot, so a block recomputed in backward sees its first run's."""
     grads = []
     for ckpt in (False, True):
         m = relax(tiny_vit(depth=3).eval())

@@ -138,9 +138,9 @@ def metric_width(spec: ViTSpec) -> int:
     return spec.metric_dim or spec.head_dim
 
 
-def matching_flops(spec: ViTSpec, n: int, r: int, block: int | None = None) -> int:
-    """FLOPs fvcore counts for one matching call: N tokens in, r merged (r >= 1, clamped),
-    in block ``block`` (None: a block-independent count).
+def matching_flops(spec: ViTSpec, n: int, r: int, block: int) -> int:
+    """FLOPs fvcore counts for one matching call in block ``block``: N tokens in, r merged
+    (r >= 1, clamped).
 
     The attention statistics the matcher asked for in that block (:func:`stats_flops`) plus
     its own products (the ``flops`` function each plug-in declares, given ``spec``, ``n``,

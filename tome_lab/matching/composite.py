@@ -151,23 +151,8 @@ def composite(ctx: MatchContext, r: int, pairs: Sequence[Sequence[int]] | None =
     return merge, unmerge
 
 
-def block_pair(spec: ViTSpec, n: int, r: int, pairs: Any = None) -> tuple[int, int]:
-    """(p, m) of the block entering with n tokens and removing r: from ``pairs``, the block
-    whose simulated token count is n (counts fall strictly from one reducing block to the
-    next, so it is unique), else :func:`split`."""
-    if pairs is None:
-        return split(r, n - spec.num_prefix)
-    tokens = spec.num_tokens
-    for p, m in pairs:
-        if p + m > 0 and tokens == n and p + m == r:
-            return int(p), int(m)
-        tokens -= p + m
-    raise ValueError(f"composite: no block of pairs {pairs!r} enters with {n} tokens and "
-                     f"removes {r}")
-
-
 def _flops(spec: ViTSpec, n: int, r: int, pairs: Any = None, criterion: str = "attention",
-           block: int | None = None) -> int:
+           block: int = 0) -> int:
     """Bipartite matching's similarity on the N - p tokens left after pruning.
 
     The pruning criterion's attention statistic is counted by
@@ -177,10 +162,7 @@ def _flops(spec: ViTSpec, n: int, r: int, pairs: Any = None, criterion: str = "a
     and so does this count (``- stats_flops``), as ``torch.compile`` would. Norms, random
     draws and top-k are element-wise, which fvcore skips.
     """
-    if pairs is not None and block is not None:
-        p, m = (int(v) for v in pairs[block])
-    else:
-        p, m = block_pair(spec, n, r, pairs)
+    p, m = (int(v) for v in pairs[block]) if pairs is not None else split(r, n - spec.num_prefix)
     own = bipartite_flops(spec, n - p, m) if m > 0 else 0
     return own - (stats_flops(spec, n, block) if p == 0 else 0)
 

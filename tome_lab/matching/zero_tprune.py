@@ -200,15 +200,12 @@ def zero_tprune(ctx: MatchContext, r: int, iters: int | str = 5, s_share: float 
 
 
 def _flops(spec: ViTSpec, n: int, r: int, iters: int | str = 5, s_share: float = 0.5,
-           block: int | None = None, **options: Any) -> int:
+           block: int = 0, **options: Any) -> int:
     """The I'-stage's one [N, N] x [N] product per head and the S-stage's [floor(M/2),
     M - floor(M/2)] similarity (when r_S > 0), and the block's iterations
     (:func:`block_iters`) of [N', N'] x [N'] products per head in the I-stage (N' = N - r_S;
     when r_I > 0); the full attention probabilities are counted by
     :func:`tome_lab.flops.stats_flops`."""
-    if iters == "paper" and block is None:
-        raise ValueError("zero_tprune iters='paper' differs per block: its FLOP count needs "
-                         "the block index")
     heads = spec.attn_dim // spec.head_dim
     m = n - spec.num_prefix
     r_s, r_i = split_r(r, m, s_share)
@@ -216,7 +213,7 @@ def _flops(spec: ViTSpec, n: int, r: int, iters: int | str = 5, s_share: float =
     if r_s > 0:
         total += heads * n * n + (m // 2) * (m - m // 2) * metric_width(spec)
     if r_i > 0:
-        total += block_iters(iters, block or 0, spec.depth) * heads * (n - r_s) ** 2
+        total += block_iters(iters, block, spec.depth) * heads * (n - r_s) ** 2
     return total
 
 

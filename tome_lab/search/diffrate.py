@@ -254,7 +254,7 @@ class RateRelaxation(Relaxation):
         alive = slots.get(i)
         alive = x.new_ones(b, n) if alive is None else alive
         n_in = alive.sum(1).mean()
-        # prune: rank the unprotected tokens by importance, keep rank j with P(K > j)
+        # prune: rank the unprotected tokens by importance, keep rank j with kappa_j
         want = frozenset({"cls"} if spec.class_token else {"received"})
         stats = attention_stats(q, k, tome.masks[i], want)
         imp = stats.cls.mean(1) if spec.class_token else stats.received  # (B, N)
@@ -277,7 +277,7 @@ class RateRelaxation(Relaxation):
         na = edge_order.shape[1]
         qe = self.rates.merge_prob(i, na).to(x.dtype)  # (Na,) by edge rank
         qe = _straight_through(qe) if self.hard else qe
-        frac = torch.zeros_like(best).scatter(1, edge_order, qe.expand(b, -1)).clone()
+        frac = torch.zeros_like(best).scatter(1, edge_order, qe.expand(b, -1))
         frac[:, : (p + 1) // 2] = 0.0
         size_a, size_b = size[:, ::2], size[:, 1::2]
         mass = frac[..., None] * size_a  # (B, Na, 1)
