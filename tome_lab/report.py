@@ -287,6 +287,12 @@ def merge_kernels(ctx: Ctx, *files: str) -> str:
                 "size-weighted average: merged rows / three passes (us)", "ratio", "data"], out)
 
 
+def _load_note(rows: list[dict]) -> str:
+    """", 1-minute load lo-hi" over the rows that recorded the machine's load, else ""."""
+    loads = [r["load_1min"] for r in rows if "load_1min" in r]
+    return f", 1-minute load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+
+
 @TABLES.register("families-speed")
 def families_speed(ctx: Ctx, file: str) -> str:
     """``benchmarks/families_speed.py --json`` (a JSON list): per model family, img/s of the
@@ -298,8 +304,7 @@ def families_speed(ctx: Ctx, file: str) -> str:
             f"{r['speedup_quartiles'][2]:.2f}]", f"{r['gflops']:.2f}", _x(r["flop_ratio"])]
            for r in rows]
     r0 = rows[0]
-    loads = [r["load_1min"] for r in rows if "load_1min" in r]
-    load = f", 1-minute load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    load = _load_note(rows)
     return (_md(["family", "model", "setting", "img/s", "vs unpatched [quartiles]", "GFLOPs",
                  "FLOP ratio"], out)
             + f"\n\nCPU, fp32, batch {r0['batch']}, {r0['threads']} thread(s), median of "
@@ -316,8 +321,7 @@ def attn_stats_cost(ctx: Ctx, file: str) -> str:
             f"{100 * r['fraction_quartiles'][2]:.1f}]", f"{100 * r['products_fraction']:.2f}%"]
            for r in rows]
     r0 = rows[0]
-    loads = [r["load_1min"] for r in rows if "load_1min" in r]
-    load = f", 1-minute load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    load = _load_note(rows)
     return (_md(["batch", "statistics", "ms", "block ms", "time vs block [quartiles]",
                  "products vs block"], out)
             + f"\n\nCPU, fp32, {r0['threads']} thread(s), median of {r0['repeats']} interleaved "
