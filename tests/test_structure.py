@@ -254,8 +254,9 @@ def test_the_engine_knows_no_model_library():
     assert not libs, f"engine.py imports {sorted(libs)}"
 
 
-# a model's submodules by the names timm (and most ViT libraries) give them: code outside the
-# adapters reaches a model only through the engine, never through these
+# a model's submodules by the names timm (and most ViT libraries) give them; the search
+# package reaches a model only through the engine, never through these (other modules, e.g.
+# tome_lab.vis reading patch_embed.grid_size, are not held to it)
 MODEL_INTERNALS = {"blocks", "attn", "qkv", "norm1", "norm2", "mlp", "ls1", "ls2", "patch_embed",
                    "_pos_embed", "norm_pre", "forward_head", "global_pool", "fc_norm"}
 
